@@ -1,0 +1,1 @@
+"""Calcinosis cutis risk CDS Hooks service."""

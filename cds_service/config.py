@@ -43,6 +43,8 @@ class Settings:
     fhir_read_timeout_s: float = 5.0
     fhir_retries: int = 1
     fhir_max_pages: int = 5
+    # Upper bound on all fallback fetches of one hook call together: a slow EHR gives 412, never a hang.
+    fhir_total_timeout_s: float = 8.0
     # Client authentication (CDS Hooks 2.0 section "Trusting CDS Clients").
     trusted_issuers_file: str = ""
     jwt_leeway_s: int = 60
@@ -145,7 +147,7 @@ def validate(settings: Settings) -> None:
                 f"CDS_PUBLIC_BASE_URL={settings.public_base_url!r} must be an absolute URL such as "
                 "https://cds.example.org (no query or fragment)"
             )
-    for name in ("fhir_connect_timeout_s", "fhir_read_timeout_s"):
+    for name in ("fhir_connect_timeout_s", "fhir_read_timeout_s", "fhir_total_timeout_s"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"CDS_{name.upper()} must be greater than 0")
     if settings.fhir_retries < 0 or settings.fhir_max_pages < 1:

@@ -1,0 +1,94 @@
+"""The CDS Hooks 2.0 endpoints: discovery, service calls and feedback (blueprint ``cds``)."""
+
+from __future__ import annotations
+
+import logging
+from flask import Blueprint, Response, g, jsonify, request
+
+from cds_service.audit import AuditUnavailable
+from cds_service.audit.records import FeedbackRecord
+from cds_service.auth import AuthenticationFailed
+from cds_service.errors import ServiceError, operation_outcome
+from cds_service.hook_handler import handle_hook_call
+from cds_service.hook_models import parse_feedback
+from cds_service.http_json import read_json_body
+from cds_service.runtime import get_runtime
+from cds_service.services import ServiceDefinition, find_service, service_definitions
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("cds", __name__, url_prefix="/cds-services")
+
+
+@bp.before_request
+def authenticate() -> Response | None:
+    """Verify the CDS client's JWT (spec "Trusting CDS Clients"); preflight OPTIONS needs none."""
+    g.client = None
+    if request.method == "OPTIONS":
+        return None
+    runtime = get_runtime()
+    audience = runtime.public_url(request.path, request.host_url)
+    try:
+        g.client = runtime.verifier.verify(request.headers.get("Authorization"), audience)
+    except AuthenticationFailed:
+        # A bare 401 that does not say why (the reason was logged by the verifier).
+        response = jsonify(operation_outcome("Authentication required", status=401))
+        response.status_code = 401
+        return response
+    return None
+
+
+def _service_or_404(service_id: str) -> ServiceDefinition:
+    service = find_service(service_id)
+    if service is None:
+        known = ", ".join(s.id for s in service_definitions())
+        raise ServiceError(f"no CDS service with id '{service_id[:64]}'; known services: {known}",
+                           status=404, code="not-found")
+    return service
+
+
+@bp.get("")
+def discovery() -> Response:
+    """GET /cds-services: the services offered, with their prefetch templates (spec "Discovery")."""
+    return jsonify({"services": [s.discovery_entry() for s in service_definitions()]})
+
+
+@bp.post("/<service_id>")
+def call_service(service_id: str) -> tuple[Response, int]:
+    """POST /cds-services/{id}: evaluate a hook call and return cards."""
+    service = _service_or_404(service_id)
+    g.service_id = service.id
+    body = read_json_body(request)
+    if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
+        g.hook_instance = body["hookInstance"][:128]
+    outcome = handle_hook_call(get_runtime(), service, body, g.client)
+    return jsonify(outcome.body), outcome.status
+
+
+@bp.post("/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    """POST /cds-services/{id}/feedback: store clinician responses idempotently (spec "Feedback")."""
+    service = _service_or_404(service_id)
+    g.service_id = service.id
+    items = parse_feedback(read_json_body(request))
+    runtime = get_runtime()
+    if runtime.audit is None:
+        log.warning("feedback_not_stored", extra={"reason": "audit-disabled", "items": len(items)})
+        return Response(status=200)
+    records = [
+        FeedbackRecord(
+            service_id=service.id, card_uuid=item.card, outcome=item.outcome,
+            accepted_suggestions=list(item.accepted_suggestions), override_code=item.override_code,
+            override_system=item.override_system, override_display=item.override_display,
+            override_comment=item.override_comment, outcome_timestamp=item.outcome_timestamp,
+        )
+        for item in items
+    ]
+    try:
+        runtime.audit.record_feedback(records)
+    except AuditUnavailable:
+        # Feedback is useless when not stored: 503 makes the EHR retry (issue #4).
+        raise ServiceError("feedback could not be stored right now; please retry", status=503,
+                           code="transient") from None
+    # The spec defines no feedback response body; a bare 200 acknowledges it (as CQL Services does).
+    return Response(status=200)

@@ -1,0 +1,100 @@
+"""One hook call, top to bottom: validate -> gather data -> assess -> alert policy -> audit -> cards.
+
+The audit record is committed before the response is returned (issue #4: nothing acknowledged is lost); if the
+database is down the audit log spools the record durably and the cards are still served (decision support
+must not stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cds_service.alert_policy import apply_alert_policy
+from cds_service.audit.records import CardRecord, HookCallRecord
+from cds_service.auth import ClientIdentity
+from cds_service.engine import PatientRecord, assess
+from cds_service.errors import ServiceError
+from cds_service.hook_models import HookRequest, parse_hook_request
+from cds_service.prefetch import ResolvedData, resolve_prefetch
+from cds_service.runtime import Runtime
+from cds_service.services import ServiceDefinition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    """The HTTP status and JSON body to send."""
+
+    status: int
+    body: dict[str, Any]
+
+
+def handle_hook_call(runtime: Runtime, service: ServiceDefinition, body: Any,
+                     client: ClientIdentity | None) -> HookOutcome:
+    """Run one CDS Hooks call for ``service`` and record it in the audit log."""
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    request: HookRequest | None = None
+    data = ResolvedData()
+    skipped: list[dict[str, str]] = []
+    rules_evaluated: list[tuple[str, str]] = []
+    card_records: list[CardRecord] = []
+    error: str | None = None
+    try:
+        request = parse_hook_request(body, service.hook)
+        data = resolve_prefetch(service, request, runtime.settings, runtime.fhir_session, runtime.executor)
+        assessment = assess(_patient_record(request, data), service.hook, now, runtime.engine_options)
+        skipped, rules_evaluated = assessment.skipped, assessment.rules_evaluated
+        shown, card_records = apply_alert_policy(
+            assessment.cards, hook=service.hook, patient_id=request.patient_id, now=now,
+            settings=runtime.settings, audit=runtime.audit,
+        )
+        outcome = HookOutcome(200, {"cards": shown})
+    except ServiceError as exc:
+        error = exc.audit_code
+        outcome = HookOutcome(exc.status, exc.to_outcome())
+    if runtime.audit is not None:
+        runtime.audit.record_hook_call(HookCallRecord(
+            hook_instance=request.hook_instance if request else _raw_field(body, "hookInstance"),
+            service_id=service.id,
+            hook=service.hook,
+            patient_id=request.patient_id if request else None,
+            user_id=request.user_id if request else None,
+            encounter_id=request.encounter_id if request else None,
+            client_iss=client.iss if client else None,
+            client_tenant=client.tenant if client else None,
+            client_jti=client.jti if client else None,
+            received_at=now,
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+            http_status=outcome.status,
+            data_sources=data.sources,
+            skipped_resources=skipped,
+            rules_evaluated=rules_evaluated,
+            cards=card_records,
+            error=error,
+        ))
+    return outcome
+
+
+def _patient_record(request: HookRequest, data: ResolvedData) -> PatientRecord:
+    patient = next((r for r in data.resources.get("patient", []) if r.get("resourceType") == "Patient"), None)
+    resources = [r for key, rs in data.resources.items() if key != "patient" for r in rs]
+    draft_orders: list[dict[str, Any]] = []
+    if request.draft_orders is not None:
+        for entry in request.draft_orders.get("entry", []):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict):
+                draft_orders.append(resource)
+    return PatientRecord(patient=patient, resources=resources, draft_orders=draft_orders,
+                         selections=request.selections)
+
+
+def _raw_field(body: Any, key: str) -> str:
+    """A field of an invalid body, for the audit record only (bounded, string or empty)."""
+    value = body.get(key) if isinstance(body, dict) else None
+    return value[:128] if isinstance(value, str) else ""

@@ -1,0 +1,203 @@
+"""Prefetch resolution, exactly as CDS Hooks 2.0 "Providing FHIR Resources to a CDS Service" says.
+
+Per prefetch key:
+- present with data            -> use it ("prefetch"); a paged Bundle's ``next`` pages are fetched when possible;
+- present and ``null``         -> the client has no data: do not fetch ("null");
+- absent, or an OperationOutcome (the client's way to report an error) -> fetch the template from fhirServer
+  with the fhirAuthorization bearer token ("fetched"), or record "failed";
+- a required key that cannot be obtained -> 412 Precondition Failed with an OperationOutcome.
+Independent fetches run concurrently, under one overall deadline, so a slow server costs one round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from cds_service.config import Settings
+from cds_service.errors import InvalidRequest, PrefetchUnavailable
+from cds_service.fhir_client import (
+    FetchResult,
+    FhirAccessError,
+    FhirClient,
+    FhirServerNotAllowed,
+    check_server_allowed,
+)
+from cds_service.hook_models import HookRequest
+from cds_service.services import ServiceDefinition
+
+log = logging.getLogger(__name__)
+
+SOURCE_PREFETCH = "prefetch"
+SOURCE_FETCHED = "fetched"
+SOURCE_NULL = "null"
+SOURCE_FAILED = "failed"
+SOURCE_PARTIAL = "partial"  # some pages could not be had (page cap, other-origin next link, fetch error)
+
+_ABSENT: dict[str, Any] = {"resourceType": "_absent"}  # sentinel: key not sent
+_TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
+
+
+@dataclass
+class ResolvedData:
+    """The FHIR resources gathered for one hook call, and where each prefetch key's data came from."""
+
+    resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def all_resources(self) -> list[dict[str, Any]]:
+        """Every resource from every key, in key order."""
+        return [resource for key in self.resources for resource in self.resources[key]]
+
+
+def render_template(template: str, request: HookRequest) -> str | None:
+    """Fill ``{{context.x}}`` tokens from the request context; None when a token has no value.
+
+    Only root-level context fields are legal tokens in CDS Hooks 2.0 (FHIRPath tokens are 3.0-only).
+    """
+    missing = False
+
+    def substitute(match: re.Match[str]) -> str:
+        nonlocal missing
+        name = match.group(1)
+        value: Any = None
+        if name.startswith("context.") and name.count(".") == 1:
+            value = request.context.get(name.split(".", 1)[1])
+        if not isinstance(value, str) or not value:
+            missing = True
+            return ""
+        return quote(value, safe="/")
+
+    rendered = _TOKEN.sub(substitute, template)
+    return None if missing else rendered
+
+
+def _is_operation_outcome(value: dict[str, Any]) -> bool:
+    return value.get("resourceType") == "OperationOutcome"
+
+
+def _flatten(value: dict[str, Any]) -> list[dict[str, Any]]:
+    """A searchset Bundle's resources, or the single resource; OperationOutcome entries are not data."""
+    if value.get("resourceType") != "Bundle":
+        return [value]
+    entries = value.get("entry")
+    if not isinstance(entries, list):
+        return []
+    out = []
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and not _is_operation_outcome(resource):
+            out.append(resource)
+    return out
+
+
+def _next_link(value: dict[str, Any]) -> str | None:
+    links = value.get("link")
+    if value.get("resourceType") != "Bundle" or not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"])
+    return None
+
+
+def resolve_prefetch(service: ServiceDefinition, request: HookRequest, settings: Settings,
+                     session: requests.Session, executor: Executor) -> ResolvedData:
+    """Gather the data for ``service`` from prefetch and, where needed, from the client's FHIR server."""
+    provided = request.prefetch or {}
+    data = ResolvedData()
+    to_fetch: dict[str, str] = {}      # key -> relative query
+    continue_paging: dict[str, str] = {}  # key -> absolute next-page URL of a paged prefetch Bundle
+    for spec in service.prefetch:
+        if spec.key not in provided:
+            value: dict[str, Any] | None = _ABSENT
+        else:
+            value = provided[spec.key]
+        if value is None:
+            data.resources[spec.key] = []
+            data.sources[spec.key] = SOURCE_NULL
+        elif value is not _ABSENT and not _is_operation_outcome(value):
+            data.resources[spec.key] = _flatten(value)
+            data.sources[spec.key] = SOURCE_PREFETCH
+            next_url = _next_link(value)
+            if next_url:
+                continue_paging[spec.key] = next_url
+        else:
+            query = render_template(spec.template, request)
+            if query is None:
+                data.resources[spec.key] = []
+                data.sources[spec.key] = SOURCE_FAILED
+            else:
+                to_fetch[spec.key] = query
+
+    if to_fetch or continue_paging:
+        _fetch_missing(data, to_fetch, continue_paging, request, settings, session, executor)
+
+    unavailable = [spec.key for spec in service.prefetch
+                   if spec.required and data.sources.get(spec.key) == SOURCE_FAILED]
+    if unavailable:
+        where = "no fhirServer was given" if request.fhir_server is None else "the FHIR server could not supply it"
+        raise PrefetchUnavailable(
+            f"Required data is missing: prefetch key(s) {', '.join(unavailable)} were not prefetched and {where}. "
+            "Send the prefetch advertised by GET /cds-services, or fhirServer with fhirAuthorization."
+        )
+    return data
+
+
+def _fetch_missing(data: ResolvedData, to_fetch: dict[str, str], continue_paging: dict[str, str],
+                   request: HookRequest, settings: Settings, session: requests.Session,
+                   executor: Executor) -> None:
+    if request.fhir_server is None:
+        for key in to_fetch:
+            data.resources[key] = []
+            data.sources[key] = SOURCE_FAILED
+        for key in continue_paging:
+            data.sources[key] = SOURCE_PARTIAL
+        return
+    try:
+        check_server_allowed(request.fhir_server, settings)
+    except FhirServerNotAllowed as exc:
+        # A clear 4xx and no request leaves the service.
+        raise InvalidRequest(str(exc), status=400, code="forbidden", expression=["fhirServer"],
+                             audit_code="fhir-server-not-allowed") from None
+    token = request.fhir_authorization.access_token if request.fhir_authorization else None
+    client = FhirClient(request.fhir_server, token, settings, session)
+    futures: dict[str, Future[FetchResult]] = {
+        key: executor.submit(client.fetch, query) for key, query in to_fetch.items()
+    }
+    page_futures: dict[str, Future[FetchResult]] = {
+        key: executor.submit(client.fetch_next_pages, url) for key, url in continue_paging.items()
+    }
+    wait([*futures.values(), *page_futures.values()], timeout=settings.fhir_total_timeout_s)
+    for key, future in futures.items():
+        result = _result_or_none(future, key)
+        if result is None:
+            data.resources[key] = []
+            data.sources[key] = SOURCE_FAILED
+        else:
+            data.resources[key] = result.resources
+            data.sources[key] = SOURCE_PARTIAL if result.truncated else SOURCE_FETCHED
+    for key, future in page_futures.items():
+        result = _result_or_none(future, key)
+        if result is None or result.truncated:
+            data.sources[key] = SOURCE_PARTIAL
+        if result is not None:
+            data.resources[key].extend(result.resources)
+
+
+def _result_or_none(future: Future[FetchResult], key: str) -> FetchResult | None:
+    if not future.done():
+        future.cancel()
+        log.warning("prefetch_fetch_deadline", extra={"prefetch_key": key})
+        return None
+    try:
+        return future.result()
+    except FhirAccessError as exc:
+        log.warning("prefetch_fetch_failed", extra={"prefetch_key": key, "reason": str(exc)})
+        return None

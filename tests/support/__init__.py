@@ -1,0 +1,1 @@
+"""Test support code: the real FHIR server harness and its pytest fixtures."""

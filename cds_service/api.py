@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+
 from flask import Blueprint, Response, g, jsonify, request
 
 from cds_service.audit import AuditUnavailable
@@ -12,12 +14,15 @@ from cds_service.errors import ServiceError, operation_outcome
 from cds_service.hook_handler import handle_hook_call
 from cds_service.hook_models import parse_feedback
 from cds_service.http_json import read_json_body
+from cds_service.metrics import record_auth_rejected
 from cds_service.runtime import get_runtime
 from cds_service.services import ServiceDefinition, find_service, service_definitions
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("cds", __name__, url_prefix="/cds-services")
+
+_HOOK_INSTANCE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 @bp.before_request
@@ -26,12 +31,17 @@ def authenticate() -> Response | None:
     g.client = None
     if request.method == "OPTIONS":
         return None
+    # Known service ids only (bounded, not caller text): the access line and 401 metrics name the service.
+    known = find_service(str((request.view_args or {}).get("service_id", "")))
+    if known is not None:
+        g.service_id = known.id
     runtime = get_runtime()
     audience = runtime.public_url(request.path, request.host_url)
     try:
         g.client = runtime.verifier.verify(request.headers.get("Authorization"), audience)
     except AuthenticationFailed:
         # A bare 401 that does not say why (the reason was logged by the verifier).
+        record_auth_rejected(request.url_rule.endpoint if request.url_rule else "unmatched")
         response = jsonify(operation_outcome("Authentication required", status=401))
         response.status_code = 401
         return response
@@ -60,8 +70,13 @@ def call_service(service_id: str) -> tuple[Response, int]:
     g.service_id = service.id
     body = read_json_body(request)
     if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
-        g.hook_instance = body["hookInstance"][:128]
-    outcome = handle_hook_call(get_runtime(), service, body, g.client)
+        # Logged on every line of this request: only an id-shaped value (the spec's UUID), never free text.
+        hook_instance = body["hookInstance"]
+        g.hook_instance = hook_instance if _HOOK_INSTANCE.match(hook_instance) else "(not an id)"
+    runtime = get_runtime()
+    # Card links need absolute URLs: CDS_PUBLIC_BASE_URL, or in --dev without it the request's host (issue #6).
+    outcome = handle_hook_call(runtime, service, body, g.client,
+                               links_base_url=runtime.public_url("", request.host_url))
     return jsonify(outcome.body), outcome.status
 
 

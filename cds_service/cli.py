@@ -36,7 +36,34 @@ def serve(host: str | None, port: int | None, dev: bool | None) -> None:
     run(settings)
 
 
+@main.command("check-content")
+def check_content_command() -> None:
+    """Check the clinical content (value sets, rules, card templates); exit 1 listing every problem.
+
+    The container runs it before gunicorn starts, so broken content never serves a request.
+    """
+    from cds_service.engine import check_content
+
+    problems = check_content()
+    if problems:
+        click.echo(f"clinical content check failed ({len(problems)} problem(s)):", err=True)
+        for problem in problems:
+            click.echo(f"- {problem}", err=True)
+        sys.exit(1)
+    click.echo("clinical content OK")
+
+
 # Sub-commands that live in their own modules register themselves here.
+from cds_service.audit.cli import audit, db  # noqa: E402 - registered after main is defined
+from cds_service.evaluate_cmd import evaluate  # noqa: E402
+
+main.add_command(audit)
+main.add_command(db)
+main.add_command(evaluate)
+
+from cds_service.synth import synth_command  # noqa: E402 - registered after main is defined
+
+main.add_command(synth_command)
 
 
 def _fail(message: str) -> None:

@@ -120,7 +120,7 @@ def _parse_fhir_authorization(raw: Any) -> FhirAuthorization:
                              expression=["fhirAuthorization.expires_in"])
     return FhirAuthorization(
         access_token=token,
-        token_type="Bearer",
+        token_type="Bearer",  # noqa: S106 - the OAuth token type name, not a secret
         expires_in=expires_in,
         scope=_require_string(obj, "scope", "fhirAuthorization", max_len=4096),
         subject=_require_string(obj, "subject", "fhirAuthorization"),

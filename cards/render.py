@@ -1,0 +1,378 @@
+"""Render CDS Hooks 2.0 cards from ``templates.toml`` (card text as clinician-reviewable data).
+
+Placeholders are named (``{caxp}``) and filled only from the values a rule supplies. Values are
+escaped for HTML and markdown (the CDS Hooks sandbox renders ``detail`` with raw HTML enabled), except
+``*_md`` blocks, which are built here from escaped pieces. Summary placeholder values are cut to the
+width declared in ``[widths]``, so a summary can never exceed the 140-character limit; the content
+check proves that with maximum-width values. Every card and suggestion gets a fresh uuid4, and no
+optional field is ever emitted empty or null.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import string
+import tomllib
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+SUMMARY_LIMIT = 140  # CDS Hooks 2.0 Card.summary: "<140 characters"
+GLOBAL_FIELDS = frozenset({"kdigo_caveat"})
+BLOCK_SUFFIX = "_md"
+INDICATORS = ("info", "warning", "critical")
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+OVERRIDE_SYSTEM = "https://calcinosis-cds.org/fhir/CodeSystem/override-reason"
+
+# Characters that can open inline markdown syntax (emphasis, code, links, strikethrough, table cells).
+# "<", ">" and "&" are handled by HTML escaping; parentheses, "#", "+", "-" and "." are inert inside a
+# single line once "[" and "]" are escaped (values never start a line and newlines are collapsed).
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]~|])")
+
+
+def escape_text(value: object) -> str:
+    """Make untrusted text inert in markdown rendered with raw HTML: one line, no markup."""
+    text = " ".join(str(value).split())
+    return html.escape(_MD_SPECIAL.sub(r"\\\1", text), quote=True)
+
+
+def placeholders(template: str) -> list[str]:
+    """Named placeholders of a ``str.format`` template, in order of appearance."""
+    return [name for _lit, name, _spec, _conv in string.Formatter().parse(template) if name]
+
+
+@dataclass(frozen=True)
+class Templates:
+    """The parsed ``templates.toml``."""
+
+    meta: dict[str, Any]
+    widths: dict[str, int]
+    labs: dict[str, str]
+    consults: dict[str, str]
+    override_reasons: list[dict[str, str]]
+    suggestions: dict[str, str]
+    phrases: dict[str, str]
+    rules: dict[str, dict[str, Any]]
+
+
+def parse_templates(text: str) -> Templates:
+    """Parse template TOML text (raises ValueError/TOMLDecodeError on malformed structure)."""
+    data = tomllib.loads(text)
+    rules = data.get("rules", {})
+    if not isinstance(rules, dict):
+        raise ValueError("templates: [rules] must be a table")
+    return Templates(
+        meta=dict(data.get("meta", {})),
+        widths={k: int(v) for k, v in data.get("widths", {}).items()},
+        labs=dict(data.get("labs", {})),
+        consults=dict(data.get("consults", {})),
+        override_reasons=list(data.get("override_reasons", [])),
+        suggestions=dict(data.get("suggestions", {})),
+        phrases=dict(data.get("phrases", {})),
+        rules={k: dict(v) for k, v in rules.items()},
+    )
+
+
+@lru_cache(maxsize=1)
+def templates() -> Templates:
+    """The packaged card templates (read once per process)."""
+    text = resources.files("cards").joinpath("templates.toml").read_text(encoding="utf-8")
+    return parse_templates(text)
+
+
+def _summaries(rule: Mapping[str, Any]) -> dict[str, str]:
+    found = {"": str(rule.get("summary", ""))}
+    variants = rule.get("variants", {})
+    if isinstance(variants, dict):
+        found.update({k: str(v) for k, v in variants.items()})
+    return found
+
+
+def check_templates(declared: Mapping[str, Iterable[str]], tpl: Templates | None = None) -> list[str]:
+    """Problems with the card content (empty list = OK).
+
+    ``declared`` maps each rule id to the evidence fields the rule fills. Checks: every rule has a
+    template with title, summary and detail; every placeholder is a declared field (or a global or
+    ``*_md`` block the rule declares); every summary placeholder has a width; and every summary,
+    filled with maximum-width values, stays under 140 characters.
+    """
+    problems: list[str] = []
+    try:
+        tpl = tpl or templates()
+    except (OSError, ValueError) as exc:
+        return [f"cards/templates.toml cannot be read: {exc}"]
+    for key in ("source_label", "topic_system", "disclaimer", "kdigo_caveat"):
+        if not tpl.meta.get(key):
+            problems.append(f"templates: [meta] {key} is missing")
+    for reason in tpl.override_reasons:
+        if not reason.get("code") or not reason.get("display"):
+            problems.append("templates: every override reason needs code and display")
+    for rule_id, fields in sorted(declared.items()):
+        allowed = set(fields) | GLOBAL_FIELDS
+        rule = tpl.rules.get(rule_id)
+        if rule is None:
+            problems.append(f"rule {rule_id}: no card template in cards/templates.toml")
+            continue
+        for key in ("title", "summary", "detail"):
+            if not isinstance(rule.get(key), str) or not rule[key].strip():
+                problems.append(f"rule {rule_id}: template has no {key}")
+        for variant, summary in _summaries(rule).items():
+            where = f"rule {rule_id} summary{'.' + variant if variant else ''}"
+            width = 0
+            for name in placeholders(summary):
+                if name not in allowed:
+                    problems.append(f"{where}: placeholder {{{name}}} has no evidence field")
+                if name.endswith(BLOCK_SUFFIX):
+                    problems.append(f"{where}: markdown block {{{name}}} is not allowed in a summary")
+                if name not in tpl.widths:
+                    problems.append(f"{where}: placeholder {{{name}}} has no maximum width in [widths]")
+                width += tpl.widths.get(name, SUMMARY_LIMIT)
+            literal = len(summary) - sum(len(n) + 2 for n in placeholders(summary))
+            if literal + width >= SUMMARY_LIMIT:
+                problems.append(
+                    f"{where}: can reach {literal + width} characters with maximum-width values "
+                    f"(limit < {SUMMARY_LIMIT})"
+                )
+        unknown_links = set(rule.get("links", [])) - LINK_KINDS
+        if unknown_links:
+            problems.append(f"rule {rule_id}: unknown link kind(s) {sorted(unknown_links)} (use smart, rule)")
+        for kind in set(rule.get("links", [])) & LINK_KINDS:
+            if not tpl.phrases.get(f"link_{kind}"):
+                problems.append(f"rule {rule_id}: link {kind} needs [phrases] link_{kind}")
+        for name in placeholders(str(rule.get("detail", ""))):
+            if name not in allowed:
+                problems.append(f"rule {rule_id} detail: placeholder {{{name}}} has no evidence field")
+    for rule_id in sorted(set(tpl.rules) - set(declared)):
+        problems.append(f"templates: [rules.{rule_id}] matches no registered rule")
+    return problems
+
+
+class _Missing(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def _fit(value: str, width: int) -> str:
+    return value if len(value) <= width else value[: max(width - 1, 0)] + "…"
+
+
+def render_summary(rule_id: str, fields: Mapping[str, str], variant: str = "") -> str:
+    """The filled summary of ``rule_id`` (values cut to their declared widths; plain text)."""
+    tpl = templates()
+    rule = tpl.rules[rule_id]
+    summary = _summaries(rule).get(variant) or str(rule["summary"])
+    values = _Missing(
+        {name: _fit(re.sub(r"\s+", " ", str(fields.get(name, ""))), tpl.widths.get(name, 20))
+         for name in placeholders(summary)}
+    )
+    text = summary.format_map(values)
+    return _fit(text, SUMMARY_LIMIT - 1)
+
+
+def render_detail(rule_id: str, fields: Mapping[str, str]) -> str:
+    """The filled markdown detail, with the disclaimer appended and blank runs collapsed."""
+    tpl = templates()
+    detail = str(tpl.rules[rule_id]["detail"])
+    values = _Missing()
+    for name in placeholders(detail):
+        if name in GLOBAL_FIELDS:
+            values[name] = str(tpl.meta.get(name, ""))  # reviewed content, not EHR text
+        elif name.endswith(BLOCK_SUFFIX):
+            values[name] = str(fields.get(name, ""))
+        else:
+            values[name] = escape_text(fields.get(name, ""))
+    text = detail.format_map(values).strip()
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return f"{text}\n\n*{tpl.meta['disclaimer']}*"
+
+
+def phrase(key: str, **values: object) -> str:
+    """A short text fragment from ``[phrases]`` with escaped values (markdown-safe)."""
+    tpl = templates().phrases.get(key)
+    if tpl is None:
+        MISSING_PHRASES.add(key)
+        return ""
+    return tpl.format_map(_Missing({k: escape_text(v) for k, v in values.items()}))
+
+
+MISSING_PHRASES: set[str] = set()
+
+
+def text(key: str, **values: object) -> str:
+    """A plain-text fragment from ``[phrases]`` (for summaries; values are our own numbers/labels)."""
+    tpl = templates().phrases.get(key)
+    if tpl is None:
+        MISSING_PHRASES.add(key)
+        return ""
+    return tpl.format_map(_Missing({k: str(v) for k, v in values.items()}))
+
+
+def bullet_block(heading_key: str, lines: Sequence[str]) -> str:
+    """``**Heading**`` followed by ``- line`` items; '' when there are no lines."""
+    items = [line for line in lines if line]
+    if not items:
+        return ""
+    return phrase(heading_key) + "\n" + "\n".join(f"- {line}" for line in items)
+
+
+@dataclass(frozen=True)
+class SuggestionSpec:
+    """An abstract suggestion a rule asks for; rendered into FHIR actions here."""
+
+    kind: str                      # "labs" | "delete" | "replace-gluconate" | "consult"
+    label: str                     # key in [suggestions]
+    labs: tuple[str, ...] = ()     # LOINC codes for "labs"
+    order_ref: str = ""            # "MedicationRequest/<id>" for delete / replace
+    specialty: str = ""            # key in [consults]
+    label_values: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CardRequest:
+    """Everything needed to render one card."""
+
+    rule_id: str
+    indicator: str
+    fields: Mapping[str, str]
+    variant: str = ""
+    suggestions: Sequence[SuggestionSpec] = ()
+    selection_behavior: str = "any"
+    override_reasons: bool = False
+    patient_id: str = ""
+    links_base_url: str = ""       # public base URL of this service; "" = no links (e.g. the evaluate CLI)
+
+
+@dataclass(frozen=True)
+class RenderedCard:
+    """The card JSON plus the uuids of its suggestions (for the audit log)."""
+
+    card: dict[str, Any]
+    suggestion_uuids: list[str]
+
+
+def _subject(patient_id: str) -> dict[str, Any]:
+    return {"subject": {"reference": f"Patient/{patient_id}"}} if patient_id else {}
+
+
+def _lab_request(code: str, patient_id: str) -> dict[str, Any]:
+    display = templates().labs.get(code, "")
+    coding: dict[str, str] = {"system": LOINC, "code": code}
+    concept: dict[str, Any] = {"coding": [coding]}
+    if display:
+        coding["display"] = display
+        concept["text"] = display
+    return {"resourceType": "ServiceRequest", "status": "draft", "intent": "order", "code": concept,
+            **_subject(patient_id)}
+
+
+def _actions(spec: SuggestionSpec, patient_id: str) -> list[dict[str, Any]]:
+    tpl = templates()
+    actions: list[dict[str, Any]] = []
+    if spec.kind in ("delete", "replace-gluconate") and spec.order_ref:
+        actions.append({
+            "type": "delete",
+            "description": text("action_delete", order=spec.order_ref) or f"Remove {spec.order_ref}",
+            "resourceId": [spec.order_ref],
+        })
+    if spec.kind == "replace-gluconate":
+        note = tpl.meta.get("replacement_note", "dose to be confirmed by pharmacy")
+        actions.append({
+            "type": "create",
+            "description": text("action_create_gluconate") or "Create a calcium gluconate draft",
+            "resource": {
+                "resourceType": "MedicationRequest", "status": "draft", "intent": "order",
+                "medicationCodeableConcept": {"text": tpl.meta.get("gluconate_text", "Calcium gluconate injection")},
+                **_subject(patient_id),
+                # D: the service never calculates an equivalent dose (section R08, suggestion 2).
+                "dosageInstruction": [{
+                    "text": note,
+                    "route": {"coding": [{"system": SNOMED, "code": "47625008", "display": "Intravenous route"}]},
+                }],
+                "note": [{"text": note}],
+            },
+        })
+    if spec.kind == "labs":
+        for code in spec.labs:
+            actions.append({
+                "type": "create",
+                "description": text("action_order_lab", lab=tpl.labs.get(code, code)) or f"Order {code}",
+                "resource": _lab_request(code, patient_id),
+            })
+    if spec.kind == "consult":
+        consult_text = tpl.consults.get(spec.specialty, spec.specialty)
+        actions.append({
+            "type": "create",
+            "description": text("action_consult", consult=consult_text) or consult_text,
+            "resource": {"resourceType": "ServiceRequest", "status": "draft", "intent": "order",
+                         "code": {"text": consult_text}, **_subject(patient_id)},
+        })
+    return actions
+
+
+def _label(spec: SuggestionSpec) -> str:
+    tpl = templates()
+    label = tpl.suggestions.get(spec.label, spec.label)
+    values = dict(spec.label_values)
+    if spec.kind == "labs" and "labs" not in values:
+        values["labs"] = ", ".join(tpl.meta.get("lab_short", {}).get(c, c) for c in spec.labs)
+    if spec.kind == "consult" and "consult" not in values:
+        values["consult"] = tpl.consults.get(spec.specialty, spec.specialty)
+    return label.format_map(_Missing(values))
+
+
+LINK_KINDS = frozenset({"smart", "rule"})
+
+
+def _links(rule_id: str, rule: Mapping[str, Any], base_url: str) -> list[dict[str, Any]]:
+    """The card's CDS Hooks 2.0 links (issue #6): ``smart`` to the viewer's launch URL with the rule as
+    appContext, ``absolute`` to the rule's explanation page. appContext only on smart links (cds-resp-3)."""
+    if not base_url:
+        return []
+    base = base_url.rstrip("/")
+    links: list[dict[str, Any]] = []
+    for kind in rule.get("links", []):
+        if kind == "smart":
+            links.append({"label": text("link_smart"), "url": f"{base}/smart/launch", "type": "smart",
+                          "appContext": json.dumps({"rule": rule_id}, separators=(",", ":"))})
+        elif kind == "rule":
+            links.append({"label": text("link_rule"), "url": f"{base}/rules/{rule_id}", "type": "absolute"})
+    return links
+
+
+def render_card(request: CardRequest) -> RenderedCard:
+    """Build the CDS Hooks 2.0 card JSON for one finding."""
+    tpl = templates()
+    rule = tpl.rules[request.rule_id]
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": render_summary(request.rule_id, request.fields, request.variant),
+        "detail": render_detail(request.rule_id, request.fields),
+        "indicator": request.indicator if request.indicator in INDICATORS else "info",
+        "source": {
+            "label": tpl.meta["source_label"],
+            "topic": {"system": tpl.meta["topic_system"], "code": request.rule_id, "display": rule["title"]},
+        },
+    }
+    suggestions: list[dict[str, Any]] = []
+    for spec in request.suggestions:
+        actions = _actions(spec, request.patient_id)
+        if not actions:
+            continue
+        suggestions.append({"label": _label(spec), "uuid": str(uuid.uuid4()), "actions": actions})
+    if suggestions:
+        card["selectionBehavior"] = request.selection_behavior
+        card["suggestions"] = suggestions
+    links = _links(request.rule_id, rule, request.links_base_url)
+    if links:
+        card["links"] = links
+    if request.override_reasons and tpl.override_reasons:
+        card["overrideReasons"] = [
+            {"system": OVERRIDE_SYSTEM, "code": r["code"], "display": r["display"]} for r in tpl.override_reasons
+        ]
+    return RenderedCard(card=card, suggestion_uuids=[s["uuid"] for s in suggestions])

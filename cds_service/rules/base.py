@@ -1,0 +1,241 @@
+"""Rule registry, the ``Finding`` type and small formatting helpers shared by the rule modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cards.render import SuggestionSpec, phrase, text
+from fhir_mappings.facts import DraftOrder, LabResult
+from fhir_mappings.pairing import CaPPair
+from fhir_mappings.states import CA_MG_PER_MMOL, CalciumStatus, PatientState
+
+RULES_VERSION = "0.1"
+RULE_VERSION = "0.1.0"
+PATIENT_VIEW = "patient-view"
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+ALL_HOOKS = frozenset({PATIENT_VIEW}) | ORDER_HOOKS
+
+# Markdown blocks every rule may fill (built from escaped phrases; see cards.render).
+COMMON_BLOCKS = frozenset({"values_md", "factors_md", "missing_md", "folded_md", "advice_md", "note_md"})
+
+
+@dataclass
+class Finding:
+    """A rule's verdict: indicator, template fields, audit evidence and suggestions."""
+
+    rule_id: str
+    indicator: str
+    fields: dict[str, str]
+    evidence: list[dict[str, Any]]
+    suggestions: list[SuggestionSpec] = field(default_factory=list)
+    variant: str = ""
+    order: DraftOrder | None = None
+    selection_behavior: str = "any"
+    override_reasons: bool = False
+    folded: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What a rule function receives."""
+
+    state: PatientState
+    hook: str
+    orders: tuple[DraftOrder, ...] = ()
+
+
+RuleFn = Callable[[RuleContext], Finding | None]
+
+
+@dataclass(frozen=True)
+class RuleDef:
+    """A registered rule."""
+
+    rule_id: str
+    spec_id: str
+    version: str
+    hooks: frozenset[str]
+    fields: frozenset[str]
+    fn: RuleFn
+    option: str | None = None   # EngineOptions attribute that must be True for the rule to run
+
+
+RULES: dict[str, RuleDef] = {}
+
+
+def rule(
+    rule_id: str, spec_id: str, hooks: Iterable[str], fields: Iterable[str], option: str | None = None
+) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn`` as rule ``rule_id`` (topic code) implementing spec rule ``spec_id``."""
+
+    def register(fn: RuleFn) -> RuleFn:
+        if rule_id in RULES:
+            raise ValueError(f"rule {rule_id} registered twice")
+        RULES[rule_id] = RuleDef(
+            rule_id, spec_id, RULE_VERSION, frozenset(hooks), frozenset(fields) | COMMON_BLOCKS, fn, option
+        )
+        return fn
+
+    return register
+
+
+# --- formatting helpers (display only; arithmetic keeps full precision) ---------------------------------
+
+
+def num(value: float) -> str:
+    """One decimal (section 0: round only for display)."""
+    return f"{value:.1f}"
+
+
+def caxp_text(pair: CaPPair) -> str:
+    """The product as shown, with ``≥`` when it is a lower bound."""
+    return ("≥" if pair.is_lower_bound else "") + num(pair.product)
+
+
+def days_ago(now: datetime, when: datetime) -> int:
+    """Whole days between ``when`` and ``now`` (0 for today or the future)."""
+    return max((now - when).days, 0)
+
+
+def drawn_text(now: datetime, when: datetime) -> str:
+    """``drawn today`` / ``drawn 1 day ago`` / ``drawn N days ago``."""
+    days = days_ago(now, when)
+    if days == 0:
+        return text("drawn_today")
+    return text("drawn_one_day") if days == 1 else text("drawn_days", days=days)
+
+
+def calcium_text(status: CalciumStatus) -> str:
+    """``12.4 mg/dL``; ionized calcium is shown in mmol/L as labs report it."""
+    if status.basis == "ionized":
+        return f"{status.value / CA_MG_PER_MMOL:.2f} mmol/L"
+    return f"{num(status.value)} mg/dL"
+
+
+def calcium_label(status: CalciumStatus) -> str:
+    """``Calcium`` / ``Corrected calcium`` / ``Ionized calcium``."""
+    return {"ionized": "Ionized calcium", "measured": "Calcium"}.get(status.basis, "Corrected calcium")
+
+
+def stage_label(state: PatientState) -> str:
+    """``CKD G5D`` etc., or '' without CKD."""
+    return f"CKD {state.ckd_stage}" if state.ckd_stage else ""
+
+
+def evidence(name: str, result: LabResult) -> dict[str, Any]:
+    """Audit evidence for one lab value."""
+    return {
+        "name": name,
+        "value": round(result.value, 4),
+        "unit": result.unit,
+        "original_value": result.original_value,
+        "original_unit": result.original_unit,
+        "resource_id": result.reference,
+        "time": result.time.isoformat(),
+    }
+
+
+def pair_evidence(pair: CaPPair) -> list[dict[str, Any]]:
+    """Evidence for both halves of a Ca x P pair plus the product."""
+    return [
+        evidence("calcium", pair.calcium),
+        evidence("phosphate", pair.phosphate),
+        {
+            "name": "ca_x_p",
+            "value": round(pair.product, 4),
+            "unit": "mg2/dL2",
+            "original_value": round(pair.product, 4),
+            "original_unit": "mg2/dL2",
+            "resource_id": f"{pair.calcium.reference},{pair.phosphate.reference}",
+            "time": pair.time.isoformat(),
+        },
+    ]
+
+
+def calcium_evidence(status: CalciumStatus) -> list[dict[str, Any]]:
+    """Evidence for the calcium classification (and the albumin used to correct it)."""
+    items = [evidence(f"calcium_{status.basis.split()[0]}", status.result)]
+    if status.albumin is not None:
+        items.append(evidence("albumin", status.albumin))
+    return items
+
+
+ANALYTE_NAMES = {
+    "lab-calcium-total": "Calcium (total)",
+    "lab-calcium-blood": "Calcium (blood)",
+    "lab-calcium-ionized": "Calcium (ionized)",
+    "lab-calcium-corrected": "Calcium (corrected, lab)",
+    "lab-phosphate": "Phosphate",
+    "lab-albumin": "Albumin",
+    "lab-pth": "PTH (intact)",
+    "lab-vitamin-d-25oh": "25-OH vitamin D",
+    "lab-vitamin-d-125": "1,25-(OH)2 vitamin D",
+    "lab-alp": "Alkaline phosphatase",
+    "lab-egfr": "eGFR",
+    "lab-potassium": "Potassium",
+    "lab-urate": "Urate",
+    "lab-bmi": "BMI",
+    "lab-bicarbonate": "Bicarbonate",
+    "lab-creatinine": "Creatinine",
+}
+
+
+def value_line(result: LabResult, now: datetime) -> str:
+    """``Phosphate: 7.5 mg/dL (reported 2.42 mmol/L) – 2025-06-13 (2 days ago)``, escaped."""
+    shown = f"{result.comparator}{num(result.value)}"
+    reported = ""
+    if result.original_unit.lower() != result.unit.lower():
+        reported = phrase("reported", value=f"{result.original_value:g}", unit=result.original_unit)
+    head = phrase(
+        "value_line", name=ANALYTE_NAMES.get(result.kind, result.kind), value=shown, unit=result.unit
+    )
+    when = phrase(
+        "value_when", date=result.time.strftime("%Y-%m-%d %H:%M UTC"), days=days_ago(now, result.time),
+        ref=result.reference,
+    )
+    return head + reported + when + (phrase("time_uncertain") if result.time_uncertain else "")
+
+
+def pair_lines(pair: CaPPair, now: datetime) -> list[str]:
+    """Markdown lines describing a pair: both values, the product, the pairing and any bound."""
+    lines = [value_line(pair.calcium, now), value_line(pair.phosphate, now)]
+    if pair.same_specimen:
+        pairing = phrase("pair_same")
+    elif pair.is_fallback:
+        pairing = phrase("pair_fallback", hours=round(pair.gap_hours))
+    else:
+        pairing = phrase("pair_gap", hours=round(pair.gap_hours))
+    lines.append(
+        phrase("pair_line", ca=num(pair.calcium.value), p=num(pair.phosphate.value), product=caxp_text(pair))
+        + " "
+        + pairing
+    )
+    for result, name in ((pair.phosphate, "phosphate"), (pair.calcium, "calcium")):
+        if result.is_lower_bound:
+            lines.append(
+                phrase("lower_bound", name=name, limit=f"{result.comparator}{num(result.original_value)}",
+                       product=num(pair.product))
+            )
+    return lines
+
+
+def calcium_lines(status: CalciumStatus, now: datetime) -> list[str]:
+    """How the calcium classification was made (ionized / corrected / measured)."""
+    lines = [value_line(status.result, now)]
+    if status.albumin is not None:
+        lines.append(value_line(status.albumin, now))
+    if status.basis == "corrected" and status.albumin is not None:
+        lines.append(phrase("corrected_line", ca=num(status.result.value), alb=num(status.albumin.value),
+                            corrected=num(status.value)))
+    elif status.basis == "measured":
+        lines.append(phrase("albumin_missing"))
+    return lines
+
+
+def labs_suggestion(label: str, codes: Iterable[str]) -> SuggestionSpec | None:
+    """One "order labs" suggestion creating a draft ServiceRequest per LOINC (None if no codes)."""
+    unique = tuple(dict.fromkeys(codes))
+    return SuggestionSpec(kind="labs", label=label, labs=unique) if unique else None

@@ -1,0 +1,705 @@
+"""Patient-view rules R01-R07, R14-R17, R19, R20, R22, R23 (clinical-rules.md section 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cards.render import SuggestionSpec, bullet_block, phrase, text
+from fhir_mappings.facts import LabResult
+from fhir_mappings.pairing import CaPPair
+from fhir_mappings.states import (
+    ALBUMIN_PAIR_WINDOW,
+    HYPERCALCEMIA_MG_DL,
+    HYPOCALCEMIA_MG_DL,
+    IONIZED_PAIR_WINDOW,
+    PatientState,
+)
+
+from .base import (
+    PATIENT_VIEW,
+    Finding,
+    RuleContext,
+    calcium_evidence,
+    calcium_label,
+    calcium_lines,
+    calcium_text,
+    caxp_text,
+    days_ago,
+    drawn_text,
+    evidence,
+    labs_suggestion,
+    num,
+    pair_evidence,
+    pair_lines,
+    rule,
+    stage_label,
+    value_line,
+)
+from .context import factors_block, missing_block
+from .thresholds import (
+    ALBUMIN_IONIZED_ADVICE,
+    ALP_DAYS,
+    BICARBONATE_HIGH,
+    CAXP_KDOQI_TARGET,
+    CAXP_MIN_AGE_YEARS,
+    CAXP_SEED_THRESHOLD,
+    CURRENT_DAYS,
+    DOWNWEIGHT_DAYS,
+    EGFR_REDUCED,
+    PHOSPHATE_LOW_DEFAULT,
+    PTH_CURRENT_DAYS,
+    PTH_RECENT_DAYS,
+    R03_ACUTE_CAP_DAYS,
+    R03_WINDOWS,
+    R19_MAX_AGE,
+    R19_MIN_AGE,
+    R19_SPAN_DAYS,
+    R22_WINDOW_DAYS,
+    TLS_LABS_DAYS,
+    VITAMIN_D_DAYS,
+    VITD_POSSIBLE_EXCESS,
+    VITD_TOXIC,
+)
+
+PV = (PATIENT_VIEW,)
+ALBUMIN, IONIZED, CALCIUM, PHOSPHATE, PTH = "1751-7", "1994-3", "17861-6", "2777-1", "2731-8"
+ALP, VITD25, VITD125, POTASSIUM = "6768-6", "62292-8", "62290-2", "2823-3"
+CKD_G4_PLUS = ("G4", "G5", "G5D")
+
+
+# --- shared selections --------------------------------------------------------------------------------
+
+
+def usable_pair(state: PatientState, max_days: float = DOWNWEIGHT_DAYS) -> CaPPair | None:
+    """The latest pair if it is at most ``max_days`` old (section 2.6: > 90 days is stale)."""
+    return state.pair if state.fresh(state.pair, max_days) else None
+
+
+def paediatric_ok(state: PatientState, pair: CaPPair) -> bool:
+    """Section 2.5.7: under 13, Ca x P cards need Ca or P above the lab's own reference high."""
+    if state.age is None or state.age >= CAXP_MIN_AGE_YEARS:
+        return True
+    return any(r.ref_high is not None and r.exceeds(r.ref_high) for r in (pair.calcium, pair.phosphate))
+
+
+def albumin_near(state: PatientState, result: LabResult) -> bool:
+    """An albumin from the same specimen or within 24 h of ``result``."""
+    return any(
+        (result.specimen and a.specimen == result.specimen) or abs(a.time - result.time) <= ALBUMIN_PAIR_WINDOW
+        for a in state.facts.results("lab-albumin")
+    )
+
+
+def ionized_near(state: PatientState, result: LabResult) -> bool:
+    """An ionized calcium within 24 h of ``result``."""
+    return any(abs(i.time - result.time) <= IONIZED_PAIR_WINDOW for i in state.facts.results("lab-calcium-ionized"))
+
+
+def current_hypercalcemia(state: PatientState, days: float = CURRENT_DAYS) -> bool:
+    """HYPERCALCEMIA on a result no older than ``days`` (ionized: 72 h)."""
+    cal = state.calcium
+    if cal is None or not cal.high:
+        return False
+    return state.fresh(cal, 3 if cal.basis == "ionized" else days)
+
+
+def consult(state: PatientState, hypercalcemia: bool) -> SuggestionSpec | None:
+    """Nephrology for CKD G4+ / transplant; endocrinology for hypercalcemia without CKD (R01, D)."""
+    if state.in_stage(*CKD_G4_PLUS) or state.kidney_tx:
+        return SuggestionSpec(kind="consult", label="consult", specialty="nephrology")
+    if hypercalcemia and not state.ckd_stage:
+        return SuggestionSpec(kind="consult", label="consult", specialty="endocrinology")
+    return None
+
+
+def _keep(*items: SuggestionSpec | None) -> list[SuggestionSpec]:
+    return [s for s in items if s is not None]
+
+
+# --- R01 ------------------------------------------------------------------------------------------------
+
+
+@rule("caxp-high", "R01", PV, fields={"caxp", "drawn"})
+def caxp_high(ctx: RuleContext) -> Finding | None:
+    """R01: Ca x P > 70 mg2/dL2 (strict), pair <= 90 days; warning <= 30 days, info 31-90."""
+    s = ctx.state
+    pair = usable_pair(s)
+    if pair is None or not pair.exceeds(CAXP_SEED_THRESHOLD) or not paediatric_ok(s, pair):
+        return None
+    current = s.fresh(pair, CURRENT_DAYS)
+    cal = s.calcium
+    hyper = current_hypercalcemia(s)
+    notes = [] if current else [phrase("downweighted", days=days_ago(s.now, pair.time))]
+    values = pair_lines(pair, s.now)
+    if cal is not None and cal.basis != "measured" and cal.result is pair.calcium:
+        values += calcium_lines(cal, s.now)[1:]
+    labs_albumin = [] if albumin_near(s, pair.calcium) else [ALBUMIN] + ([IONIZED] if hyper else [])
+    need_pth = s.latest("lab-pth", days=PTH_CURRENT_DAYS) is None and (bool(s.ckd_stage) or hyper)
+    sarcoid = s.facts.has_condition("cond-sarcoidosis")
+    advice = [phrase("advice_binders")]
+    if s.in_stage(*CKD_G4_PLUS):
+        advice.append(phrase("advice_restrict_calcium_binders"))
+    if sarcoid:
+        advice.append(phrase("advice_sarcoidosis"))
+    return Finding(
+        rule_id="caxp-high",
+        indicator="warning" if current else "info",
+        fields={
+            "caxp": caxp_text(pair),
+            "drawn": drawn_text(s.now, pair.time),
+            "values_md": bullet_block("values_heading", values),
+            "note_md": "\n".join(notes),
+            "factors_md": factors_block(s),
+            "missing_md": missing_block(s, pair_calcium_albumin=not albumin_near(s, pair.calcium)),
+            "advice_md": bullet_block("advice_heading", advice),
+        },
+        evidence=pair_evidence(pair),
+        suggestions=_keep(
+            labs_suggestion("order_albumin", labs_albumin),
+            labs_suggestion("order_pth", [PTH] if need_pth else []),
+            labs_suggestion("order_alp", [] if s.latest("lab-alp", days=ALP_DAYS) else [ALP]),
+            labs_suggestion("order_vitd125", [VITD125] if sarcoid else []),
+            consult(s, hyper),
+        ),
+    )
+
+
+# --- R02 ------------------------------------------------------------------------------------------------
+
+
+@rule("caxp-above-target", "R02", PV, fields={"caxp", "drawn", "stage"})
+def caxp_above_target(ctx: RuleContext) -> Finding | None:
+    """R02: 55 <= Ca x P <= 70 in CKD G3-G5D, age >= 13, pair <= 90 days -> info."""
+    s = ctx.state
+    pair = usable_pair(s)
+    if pair is None or not s.in_stage("G3", "G4", "G5", "G5D"):
+        return None
+    if s.age is not None and s.age < CAXP_MIN_AGE_YEARS:
+        return None
+    if not pair.exceeds(CAXP_KDOQI_TARGET, inclusive=True) or pair.exceeds(CAXP_SEED_THRESHOLD):
+        return None
+    need_pth = s.latest("lab-pth", days=PTH_CURRENT_DAYS) is None
+    return Finding(
+        rule_id="caxp-above-target",
+        indicator="info",
+        fields={
+            "caxp": caxp_text(pair),
+            "drawn": drawn_text(s.now, pair.time),
+            "stage": stage_label(s),
+            "values_md": bullet_block("values_heading", pair_lines(pair, s.now)),
+            "factors_md": factors_block(s),
+            "missing_md": missing_block(s, pair_calcium_albumin=False),
+            "advice_md": bullet_block("advice_heading", [phrase("advice_binders")]),
+        },
+        evidence=pair_evidence(pair),
+        suggestions=_keep(labs_suggestion("order_pth", [PTH] if need_pth else [])),
+    )
+
+
+# --- R03 ------------------------------------------------------------------------------------------------
+
+
+@rule("mineral-labs-due", "R03", PV, fields={"group", "missing_labs", "window"})
+def mineral_labs_due(ctx: RuleContext) -> Finding | None:
+    """R03: at-risk patient with no Ca or P (or PTH in G4-G5D) within the KDIGO-based window."""
+    s = ctx.state
+    windows: list[tuple[str, int, int | None]] = []
+    if s.ckd_stage in R03_WINDOWS:
+        cap, pth_window = R03_WINDOWS[s.ckd_stage]
+        windows.append((text("group_g5") if s.ckd_stage != "G4" else stage_label(s), cap, pth_window))
+    if s.calciphylaxis_dx or s.tls_active:
+        group = text("group_calciphylaxis") if s.calciphylaxis_dx else text("group_tls")
+        windows.append((group, R03_ACUTE_CAP_DAYS, None))
+    if not windows:
+        return None
+    group, cap_days, _ = min(windows, key=lambda w: w[1])
+    pth_days = next((w[2] for w in windows if w[2] is not None), None)
+    ca = s.latest("lab-calcium-total", "lab-calcium-blood", days=cap_days)
+    p = s.latest("lab-phosphate", days=cap_days)
+    cap_missing = ca is None or p is None
+    pth_missing = pth_days is not None and s.latest("lab-pth", days=pth_days) is None
+    if not cap_missing and not pth_missing:
+        return None
+    history: list[str] = []
+    if s.pair is not None:
+        history.append(phrase("last_pair", product=caxp_text(s.pair), date=s.pair.time.strftime("%Y-%m-%d"),
+                              days=days_ago(s.now, s.pair.time)))
+    for kinds in (("lab-calcium-total", "lab-calcium-blood"), ("lab-phosphate",), ("lab-pth",)):
+        last = s.latest(*kinds)
+        history.append(value_line(last, s.now) if last else phrase("never_measured", name=kinds[0][4:]))
+    labs = [CALCIUM, PHOSPHATE, ALBUMIN] if cap_missing else []
+    if pth_missing:
+        labs.append(PTH)
+    window: int = cap_days
+    missing_labs = text("missing_ca_p")
+    if not cap_missing:
+        missing_labs, window = "PTH", pth_days or cap_days
+    return Finding(
+        rule_id="mineral-labs-due",
+        indicator="info",
+        fields={
+            "group": group,
+            "missing_labs": missing_labs,
+            "window": str(window),
+            "values_md": bullet_block("history_heading", history),
+            "note_md": phrase("kdigo_frequency_" + (s.ckd_stage or "acute").lower()),
+        },
+        evidence=[evidence(n, r) for n, r in (("calcium", ca), ("phosphate", p)) if r is not None],
+        suggestions=_keep(labs_suggestion("order_mineral_labs", labs)),
+    )
+
+
+# --- R04 ------------------------------------------------------------------------------------------------
+
+
+@rule("hypercalcemia", "R04", PV, fields={"ca_label", "ca_text", "alb", "severity", "drawn"})
+def hypercalcemia(ctx: RuleContext) -> Finding | None:
+    """R04: hypercalcemia on a result <= 30 days (ionized <= 72 h); warning if >= 12 mg/dL."""
+    s = ctx.state
+    cal = s.calcium
+    if cal is None or not current_hypercalcemia(s):
+        return None
+    corrected = cal.basis.startswith("corrected") and cal.albumin is not None
+    confirm = corrected and (
+        s.in_stage(*CKD_G4_PLUS) or (cal.albumin is not None and cal.albumin.below(ALBUMIN_IONIZED_ADVICE))
+    )
+    hints: list[str] = []
+    if s.facts.has_condition("cond-sarcoidosis"):
+        hints.append(phrase("hint_sarcoidosis"))
+    if s.facts.has_condition("cond-malignancy", "cond-multiple-myeloma", "cond-leukemia", "cond-paget"):
+        hints.append(phrase("hint_malignancy"))
+    if s.pth_high() and s.fresh(s.pth, PTH_CURRENT_DAYS):
+        hints.append(phrase("hint_hpt", value=num(s.pth.value) if s.pth else ""))
+    vitd = s.latest("lab-vitamin-d-25oh", days=VITAMIN_D_DAYS)
+    if vitd is not None and vitd.exceeds(VITD_POSSIBLE_EXCESS, inclusive=True):
+        hints.append(phrase("hint_vitamin_d", value=num(vitd.value)))
+    if s.facts.has_medication("med-oral-calcium") and s.facts.has_medication("med-sodium-bicarbonate"):
+        hints.append(phrase("hint_milk_alkali"))
+    return Finding(
+        rule_id="hypercalcemia",
+        indicator="warning" if cal.severe else "info",
+        variant="confirm" if confirm else "",
+        fields={
+            "ca_label": calcium_label(cal),
+            "ca_text": calcium_text(cal),
+            "alb": num(cal.albumin.value) if cal.albumin else "",
+            "severity": text("severe_hypercalcemia") if cal.severe else text("hypercalcemia"),
+            "drawn": drawn_text(s.now, cal.time),
+            "values_md": bullet_block("values_heading", calcium_lines(cal, s.now)),
+            "note_md": phrase("confirm_ionized") if confirm else "",
+            "factors_md": bullet_block("hints_heading", hints) + "\n\n" + factors_block(s),
+        },
+        evidence=calcium_evidence(cal),
+        suggestions=_keep(
+            labs_suggestion("order_ionized", [IONIZED] if confirm else []),
+            labs_suggestion("order_pth", [] if s.latest("lab-pth", days=PTH_RECENT_DAYS) else [PTH]),
+            labs_suggestion("order_vitd25", [] if vitd or s.latest("lab-vitamin-d-25oh", days=VITAMIN_D_DAYS)
+                            else [VITD25]),
+            labs_suggestion("order_vitd125", [VITD125] if s.facts.has_condition("cond-sarcoidosis") else []),
+        ),
+    )
+
+
+# --- R05 ------------------------------------------------------------------------------------------------
+
+
+@rule("hyperphosphatemia", "R05", PV, fields={"p", "stage", "drawn"})
+def hyperphosphatemia(ctx: RuleContext) -> Finding | None:
+    """R05: hyperphosphatemia (G5/G5D > 5.5; else > 4.5 or > ULN) when Ca x P cannot be assessed.
+
+    Standalone only when no current (<= 30 d) Ca x P pair exists (rule index: "standalone when no
+    Ca x P card"; TP18/TP20): a current pair is judged by R01/R02 instead.
+    """
+    s = ctx.state
+    p = s.phosphate
+    if p is None or not s.fresh(p, CURRENT_DAYS) or usable_pair(s, CURRENT_DAYS) is not None:
+        return None
+    g5 = s.in_stage("G5", "G5D")
+    if not (s.phosphate_above_g5_target() if g5 else s.phosphate_high()):
+        return None
+    return Finding(
+        rule_id="hyperphosphatemia",
+        indicator="info",
+        variant="g5" if g5 else "",
+        fields={
+            "p": num(p.value),
+            "stage": stage_label(s),
+            "drawn": drawn_text(s.now, p.time),
+            "values_md": bullet_block("values_heading", [value_line(p, s.now)]),
+            "note_md": phrase("no_pair"),
+            "factors_md": factors_block(s),
+            "advice_md": bullet_block("advice_heading", [phrase("advice_phosphate"), phrase("advice_no_al_mg")]),
+        },
+        evidence=[evidence("phosphate", p)],
+        suggestions=_keep(labs_suggestion("order_ca_albumin", [CALCIUM, ALBUMIN])),
+    )
+
+
+# --- R06 ------------------------------------------------------------------------------------------------
+
+
+@rule("pth-high", "R06", PV, fields={"pth", "multiple", "stage", "ca_text"})
+def pth_high(ctx: RuleContext) -> Finding | None:
+    """R06: PTH > 9 x ULN in G5D (<= 180 d), or PTH > ULN / HPT condition with hypercalcemia."""
+    s = ctx.state
+    pth = s.pth
+    hyper = current_hypercalcemia(s)
+    variant = ""
+    if pth is not None and s.in_stage("G5D") and s.fresh(pth, PTH_CURRENT_DAYS) and s.pth_marked():
+        variant = "marked"
+    elif pth is not None and s.fresh(pth, PTH_RECENT_DAYS) and s.pth_high() and hyper:
+        variant = "hypercalcemia"
+    elif hyper and s.facts.has_condition("cond-hyperparathyroidism"):
+        variant = "condition"
+    if not variant:
+        return None
+    cal = s.calcium
+    values = [value_line(pth, s.now)] if pth else []
+    if cal is not None and hyper:
+        values += calcium_lines(cal, s.now)
+    return Finding(
+        rule_id="pth-high",
+        indicator="info",
+        variant=variant,
+        fields={
+            "pth": num(pth.value) if pth else "",
+            "multiple": f"{pth.value / s.pth_uln():.1f}" if pth else "",
+            "stage": stage_label(s),
+            "ca_text": calcium_text(cal) if cal else "",
+            "values_md": bullet_block("values_heading", values),
+            "advice_md": bullet_block("advice_heading", [phrase("advice_pth")]),
+        },
+        evidence=([evidence("pth", pth)] if pth else []) + (calcium_evidence(cal) if cal and hyper else []),
+        suggestions=_keep(consult(s, True)),
+    )
+
+
+# --- R07 ------------------------------------------------------------------------------------------------
+
+
+@rule("calciphylaxis-risk", "R07", PV, fields={"renal", "mineral", "cofactors"})
+def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
+    """R07: (G5D/G5/kidney transplant) + mineral abnormality + (warfarin or >= 2 co-factors)."""
+    s = ctx.state
+    if s.calciphylaxis_dx or not (s.in_stage("G5", "G5D") or s.kidney_tx):
+        return None
+    minerals: list[tuple[str, str, list[dict[str, Any]]]] = []
+    pair = usable_pair(s)
+    if pair is not None and pair.exceeds(CAXP_SEED_THRESHOLD):
+        minerals.append((f"Ca x P {caxp_text(pair)}", phrase("mineral_caxp", value=caxp_text(pair)),
+                         pair_evidence(pair)))
+    cal = s.calcium
+    if cal is not None and current_hypercalcemia(s, DOWNWEIGHT_DAYS):
+        minerals.append((text("hypercalcemia"), phrase("mineral_calcium", value=calcium_text(cal)),
+                         calcium_evidence(cal)))
+    p = s.phosphate
+    if p is not None and s.fresh(p, DOWNWEIGHT_DAYS) and s.phosphate_above_g5_target():
+        minerals.append((f"P {num(p.value)} mg/dL", phrase("mineral_phosphate", value=num(p.value)),
+                         [evidence("phosphate", p)]))
+    if s.pth is not None and s.fresh(s.pth, PTH_CURRENT_DAYS) and s.pth_marked():
+        minerals.append((f"PTH {num(s.pth.value)} pg/mL", phrase("mineral_pth", value=num(s.pth.value)),
+                         [evidence("pth", s.pth)]))
+    if not minerals:
+        return None
+    cofactors: list[tuple[str, str]] = []
+    if s.on_warfarin:
+        cofactors.append((text("co_warfarin"), phrase("co_warfarin_detail")))
+    if s.obese:
+        cofactors.append((text("co_obesity"), phrase("co_obesity_detail")))
+    if s.diabetes:
+        cofactors.append((text("co_diabetes"), phrase("co_diabetes_detail")))
+    if s.female:
+        cofactors.append((text("co_female"), phrase("co_female_detail")))
+    if s.hypoalbuminemia and s.albumin is not None:
+        cofactors.append((text("co_albumin"), phrase("co_albumin_detail", value=num(s.albumin.value))))
+    if s.facts.has_medication("med-oral-calcium") and s.facts.has_medication("med-active-vitamin-d"):
+        cofactors.append((text("co_binder_vitd"), phrase("co_binder_vitd_detail")))
+    others = [c for c in cofactors if c[0] != text("co_warfarin")]
+    if not (s.on_warfarin or len(others) >= 2):
+        return None
+    renal = text("renal_dialysis") if s.in_stage("G5D") else (
+        stage_label(s) if s.in_stage("G5") else text("renal_kidney_tx"))
+    need = [] if s.latest("lab-pth", days=PTH_CURRENT_DAYS) else [PTH]
+    if s.albumin is None or not s.fresh(s.albumin, CURRENT_DAYS):
+        need.append(ALBUMIN)
+    return Finding(
+        rule_id="calciphylaxis-risk",
+        indicator="warning",
+        fields={
+            "renal": renal,
+            "mineral": minerals[0][0],
+            "cofactors": ", ".join(c[0] for c in cofactors),
+            "values_md": bullet_block("mineral_heading", [m[1] for m in minerals]),
+            "factors_md": bullet_block("cofactor_heading", [c[1] for c in cofactors]),
+            "note_md": phrase("calciphylaxis_note") + ("\n\n" + phrase("warfarin_note") if s.on_warfarin else ""),
+            "advice_md": bullet_block("advice_heading", [phrase("advice_calciphylaxis_binders"),
+                                                         phrase("advice_warfarin") if s.on_warfarin else "",
+                                                         phrase("advice_skin")]),
+        },
+        evidence=[e for m in minerals for e in m[2]],
+        suggestions=_keep(
+            SuggestionSpec(kind="consult", label="consult", specialty="nephrology"),
+            labs_suggestion("order_missing_labs", need),
+        ),
+    )
+
+
+# --- R14 ------------------------------------------------------------------------------------------------
+
+
+@rule("vitamin-d-excess", "R14", PV, fields={"vitd", "ca_text", "drawn"})
+def vitamin_d_excess(ctx: RuleContext) -> Finding | None:
+    """R14: 25-OH D >= 150 ng/mL (warning), >= 80 with hypercalcemia (warning), >= 80 alone (info)."""
+    s = ctx.state
+    vitd = s.latest("lab-vitamin-d-25oh", days=VITAMIN_D_DAYS)
+    if vitd is None or not vitd.exceeds(VITD_POSSIBLE_EXCESS, inclusive=True):
+        return None
+    hyper = current_hypercalcemia(s)
+    indicator = "warning" if hyper or vitd.exceeds(VITD_TOXIC, inclusive=True) else "info"
+    if s.in_stage("G5D") and not hyper:
+        indicator = "info"  # Mayo: very high 25-OH D in kidney failure without toxicity (R14 caveat)
+    cal = s.calcium
+    meds = [m.name for m in s.facts.medications if m.classes & {"med-vitamin-d", "med-active-vitamin-d"}]
+    granulomatous = s.facts.has_condition("cond-sarcoidosis")
+    return Finding(
+        rule_id="vitamin-d-excess",
+        indicator=indicator,
+        variant="with_calcium" if hyper and cal else "",
+        fields={
+            "vitd": num(vitd.value),
+            "ca_text": calcium_text(cal) if cal else "",
+            "drawn": drawn_text(s.now, vitd.time),
+            "values_md": bullet_block(
+                "values_heading", [value_line(vitd, s.now)] + (calcium_lines(cal, s.now) if cal and hyper else [])
+            ),
+            "factors_md": bullet_block("vitd_sources_heading", [phrase("med_line", name=n) for n in meds]),
+            "note_md": phrase("vitd_ckd_caveat") if s.in_stage("G5D") else "",
+        },
+        evidence=[evidence("vitamin_d_25oh", vitd)] + (calcium_evidence(cal) if cal and hyper else []),
+        suggestions=_keep(labs_suggestion("order_vitd125", [VITD125] if granulomatous else [])),
+    )
+
+
+# --- R15 ------------------------------------------------------------------------------------------------
+
+
+@rule("tumor-lysis", "R15", PV, fields={"tls_basis"})
+def tumor_lysis(ctx: RuleContext) -> Finding | None:
+    """R15: TLS_ACTIVE -> info (calcification risk context; the action happens at order time)."""
+    s = ctx.state
+    if not s.tls_active:
+        return None
+    need = [code for code, kinds in ((CALCIUM, ("lab-calcium-total",)), (PHOSPHATE, ("lab-phosphate",)),
+                                      (POTASSIUM, ("lab-potassium",)))
+            if s.latest(*kinds, days=TLS_LABS_DAYS) is None]
+    recent = [r for r in (s.latest(k, days=TLS_LABS_DAYS) for k in (
+        "lab-phosphate", "lab-calcium-total", "lab-urate", "lab-potassium")) if r is not None]
+    return Finding(
+        rule_id="tumor-lysis",
+        indicator="info",
+        fields={
+            "tls_basis": text("tls_dx") if "diagnosis" in s.tls_reason else text("tls_labs"),
+            "values_md": bullet_block("values_heading", [value_line(r, s.now) for r in recent]),
+            "note_md": phrase("tls_reason", reason=s.tls_reason),
+        },
+        evidence=[evidence(r.analyte, r) for r in recent],
+        suggestions=_keep(labs_suggestion("order_tls_labs", need)),
+    )
+
+
+# --- R16 ------------------------------------------------------------------------------------------------
+
+CTD_CARD_GROUPS = (
+    ("cond-juvenile-dermatomyositis", "ctd_jdm"),
+    ("cond-systemic-sclerosis", "ctd_ssc"),
+    ("cond-dermatomyositis", "ctd_dm"),
+)
+
+
+@rule("connective-tissue-disease", "R16", PV, fields={"ctd"}, option="ctd_info_card")
+def connective_tissue_disease(ctx: RuleContext) -> Finding | None:
+    """R16 (only with ``ctd_info_card``): JDM, SSc/CREST or DM -> info suggesting rheumatology follow-up."""
+    s = ctx.state
+    for group, key in CTD_CARD_GROUPS:
+        found = s.facts.conditions_in(group)
+        if found:
+            return Finding(
+                rule_id="connective-tissue-disease",
+                indicator="info",
+                fields={
+                    "ctd": text(key),
+                    "values_md": bullet_block("conditions_heading",
+                                              [phrase("condition_line", name=c.display or c.code, code=c.code)
+                                               for c in found]),
+                },
+                evidence=[{"name": "condition", "value": c.code, "unit": "", "original_value": c.code,
+                           "original_unit": "", "resource_id": f"Condition/{c.resource_id}",
+                           "time": c.time.isoformat() if c.time else ""} for c in found],
+                suggestions=[SuggestionSpec(kind="consult", label="consult", specialty="rheumatology")],
+            )
+    return None
+
+
+# --- R17 ------------------------------------------------------------------------------------------------
+
+
+@rule("milk-alkali", "R17", PV, fields={"ca_text"})
+def milk_alkali(ctx: RuleContext) -> Finding | None:
+    """R17: hypercalcemia + calcium salt + (bicarbonate med or CO2 > 30) + (eGFR < 60 or AKI)."""
+    s = ctx.state
+    cal = s.calcium
+    if cal is None or not current_hypercalcemia(s) or not s.facts.has_medication("med-oral-calcium"):
+        return None
+    bicarb = s.latest("lab-bicarbonate", days=CURRENT_DAYS)
+    alkali = s.facts.has_medication("med-sodium-bicarbonate") or (
+        bicarb is not None and bicarb.exceeds(BICARBONATE_HIGH))
+    egfr = s.latest("lab-egfr", days=CURRENT_DAYS)
+    renal = s.facts.has_condition("cond-aki") or (egfr is not None and egfr.below(EGFR_REDUCED))
+    if not (alkali and renal):
+        return None
+    lines = calcium_lines(cal, s.now) + [value_line(r, s.now) for r in (bicarb, egfr) if r is not None]
+    meds = [m.name for m in s.facts.medications if m.classes & {"med-oral-calcium", "med-sodium-bicarbonate"}]
+    return Finding(
+        rule_id="milk-alkali",
+        indicator="info",
+        fields={
+            "ca_text": calcium_text(cal),
+            "values_md": bullet_block("values_heading", lines),
+            "factors_md": bullet_block("meds_heading", [phrase("med_line", name=n) for n in meds]),
+        },
+        evidence=calcium_evidence(cal) + [evidence(r.analyte, r) for r in (bicarb, egfr) if r is not None],
+    )
+
+
+# --- R19 ------------------------------------------------------------------------------------------------
+
+
+@rule("tumoral-calcinosis", "R19", PV, fields={"p"}, option="tumoral_calcinosis_rule")
+def tumoral_calcinosis(ctx: RuleContext) -> Finding | None:
+    """R19 (off by default): age 2-25, P above lab ULN on >= 2 results >= 30 days apart, eGFR >= 60."""
+    s = ctx.state
+    if s.age is None or not (R19_MIN_AGE <= s.age <= R19_MAX_AGE):
+        return None
+    egfr = s.latest("lab-egfr")
+    if s.ckd_stage or (egfr is not None and egfr.below(EGFR_REDUCED)):
+        return None
+    high = [r for r in s.facts.results("lab-phosphate") if r.ref_high is not None and r.exceeds(r.ref_high)]
+    if len(high) < 2 or (high[0].time - high[-1].time).days < R19_SPAN_DAYS:
+        return None
+    return Finding(
+        rule_id="tumoral-calcinosis",
+        indicator="info",
+        fields={
+            "p": num(high[0].value),
+            "values_md": bullet_block("values_heading", [value_line(r, s.now) for r in high[:5]]),
+        },
+        evidence=[evidence("phosphate", r) for r in high[:5]],
+        suggestions=[SuggestionSpec(kind="consult", label="consult", specialty="endocrinology")],
+    )
+
+
+# --- R20 ------------------------------------------------------------------------------------------------
+
+
+@rule("documented-calcinosis", "R20", PV, fields={"dx", "abnormality"})
+def documented_calcinosis(ctx: RuleContext) -> Finding | None:
+    """R20: documented calciphylaxis / calcinosis cutis + a current mineral abnormality -> warning."""
+    s = ctx.state
+    if not s.calciphylaxis_dx:
+        return None
+    found: list[tuple[str, list[dict[str, Any]]]] = []
+    pair = usable_pair(s, CURRENT_DAYS)
+    if pair is not None and pair.exceeds(CAXP_KDOQI_TARGET):
+        found.append((f"Ca x P {caxp_text(pair)}", pair_evidence(pair)))
+    cal = s.calcium
+    if cal is not None and current_hypercalcemia(s):
+        found.append((f"{text('hypercalcemia')} ({calcium_text(cal)})", calcium_evidence(cal)))
+    p = s.phosphate
+    if p is not None and s.fresh(p, CURRENT_DAYS) and s.phosphate_high():
+        found.append((f"{text('hyperphosphatemia')} (P {num(p.value)} mg/dL)", [evidence("phosphate", p)]))
+    if s.pth and s.in_stage("G5D") and s.fresh(s.pth, PTH_CURRENT_DAYS) and s.pth_marked():
+        found.append((f"PTH {num(s.pth.value)} pg/mL", [evidence("pth", s.pth)]))
+    if not found:
+        return None
+    calciphylaxis = any("cond-calcinosis-cutis" not in c.groups for c in s.facts.conditions_in("cond-calciphylaxis"))
+    dx = text("dx_calciphylaxis") if calciphylaxis else text("dx_calcinosis")
+    meds = [m.name for m in s.facts.medications
+            if m.classes & {"med-oral-calcium", "med-vitamin-d", "med-active-vitamin-d", "med-iv-calcium"}]
+    return Finding(
+        rule_id="documented-calcinosis",
+        indicator="warning",
+        fields={
+            "dx": dx,
+            "abnormality": found[0][0],
+            "values_md": bullet_block("mineral_heading", [f[0] for f in found]),
+            "factors_md": bullet_block("meds_heading", [phrase("med_line", name=n) for n in meds]),
+        },
+        evidence=[e for f in found for e in f[1]],
+        suggestions=[
+            SuggestionSpec(kind="consult", label="consult", specialty="nephrology"),
+            SuggestionSpec(kind="consult", label="consult", specialty="dermatology"),
+        ],
+    )
+
+
+# --- R22 ------------------------------------------------------------------------------------------------
+
+
+@rule("hyperparathyroid-pattern", "R22", PV, fields={"ca_text", "p"})
+def hyperparathyroid_pattern(ctx: RuleContext) -> Finding | None:
+    """R22: within 7 days Ca > 10.2 (total/corrected), ALP > lab ULN, P < LLN; no PTH in 30 days."""
+    s = ctx.state
+    cal = s.calcium
+    if cal is None or cal.basis == "ionized" or not s.fresh(cal, R22_WINDOW_DAYS):
+        return None
+    if cal.value <= HYPERCALCEMIA_MG_DL or cal.result.is_upper_bound:
+        return None
+    alp = s.latest("lab-alp", days=R22_WINDOW_DAYS)
+    p = s.latest("lab-phosphate", days=R22_WINDOW_DAYS)
+    if alp is None or alp.ref_high is None or not alp.exceeds(alp.ref_high):
+        return None
+    if p is None or not p.below(p.ref_low if p.ref_low is not None else PHOSPHATE_LOW_DEFAULT):
+        return None
+    if s.latest("lab-pth", days=PTH_RECENT_DAYS) is not None:
+        return None
+    return Finding(
+        rule_id="hyperparathyroid-pattern",
+        indicator="info",
+        fields={
+            "ca_text": calcium_text(cal),
+            "p": num(p.value),
+            "values_md": bullet_block("values_heading", calcium_lines(cal, s.now)
+                                      + [value_line(alp, s.now), value_line(p, s.now)]),
+        },
+        evidence=calcium_evidence(cal) + [evidence("alp", alp), evidence("phosphate", p)],
+        suggestions=_keep(labs_suggestion("order_pth", [PTH])),
+    )
+
+
+# --- R23 ------------------------------------------------------------------------------------------------
+
+
+@rule("albumin-needed", "R23", PV, fields={"ca_text", "direction"})
+def albumin_needed(ctx: RuleContext) -> Finding | None:
+    """R23: latest total Ca (<= 30 d) outside the lab range (default 8.4-10.2) with no albumin or
+    ionized calcium within 24 h -> info."""
+    s = ctx.state
+    ca = s.latest("lab-calcium-total", "lab-calcium-blood", days=CURRENT_DAYS)
+    if ca is None:
+        return None
+    high = ca.ref_high if ca.ref_high is not None else HYPERCALCEMIA_MG_DL
+    low = ca.ref_low if ca.ref_low is not None else HYPOCALCEMIA_MG_DL
+    direction = "high" if ca.exceeds(high) else "low" if ca.below(low) else ""
+    if not direction or albumin_near(s, ca) or ionized_near(s, ca):
+        return None
+    return Finding(
+        rule_id="albumin-needed",
+        indicator="info",
+        fields={
+            "ca_text": f"{num(ca.value)} mg/dL",
+            "direction": text("direction_" + direction),
+            "values_md": bullet_block("values_heading", [value_line(ca, s.now)]),
+        },
+        evidence=[evidence("calcium", ca)],
+        suggestions=_keep(labs_suggestion("order_albumin", [ALBUMIN, IONIZED])),
+    )

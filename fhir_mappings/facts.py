@@ -1,0 +1,180 @@
+"""Immutable clinical facts with provenance, extracted from FHIR JSON (see ``extract.py``).
+
+Every fact records where it came from (resource type and id), what the source said (original value
+and unit) and when (timezone-aware UTC). Rules read facts only; they never see raw FHIR.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+
+@dataclass(frozen=True)
+class LabResult:
+    """One eligible numeric laboratory result, normalised to the analyte's canonical unit."""
+
+    analyte: str               # key of units.toml (calcium, phosphate, ...)
+    kind: str                  # value set id: lab-calcium-total, lab-calcium-ionized, lab-phosphate, ...
+    value: float               # canonical unit
+    unit: str                  # canonical unit
+    original_value: float
+    original_unit: str
+    time: datetime
+    resource_type: str
+    resource_id: str
+    code: str = ""             # the LOINC that classified it
+    comparator: str = ""       # "", ">", ">=", "<", "<="
+    time_uncertain: bool = False   # only `issued` was available (section 2.1)
+    specimen: str = ""
+    reports: frozenset[str] = frozenset()  # DiagnosticReports listing this result
+    ref_low: float | None = None   # lab reference range, canonical unit
+    ref_high: float | None = None
+    status: str = "final"
+
+    @property
+    def is_lower_bound(self) -> bool:
+        """``>``/``>=``: the true value is at least ``value`` (section 2.1)."""
+        return self.comparator in (">", ">=")
+
+    @property
+    def is_upper_bound(self) -> bool:
+        """``<``/``<=``: the true value is at most ``value``; it never counts as exceeding."""
+        return self.comparator in ("<", "<=")
+
+    @property
+    def reference(self) -> str:
+        """Relative reference ``Type/id``."""
+        return f"{self.resource_type}/{self.resource_id}"
+
+    def exceeds(self, threshold: float, inclusive: bool = False) -> bool:
+        """Whether the result is above ``threshold`` (``>=`` when inclusive), honouring comparators."""
+        if self.is_upper_bound:
+            return False
+        return self.value >= threshold if inclusive else self.value > threshold
+
+    def below(self, threshold: float, inclusive: bool = False) -> bool:
+        """Whether the result is below ``threshold``; a lower-bound value never counts as below."""
+        if self.is_lower_bound:
+            return False
+        return self.value <= threshold if inclusive else self.value < threshold
+
+
+@dataclass(frozen=True)
+class ConditionFact:
+    """An active (clinicalStatus active/recurrence/relapse), non-refuted Condition."""
+
+    groups: frozenset[str]     # value set ids it belongs to
+    code: str
+    system: str
+    display: str
+    established: bool          # confirmed or no verificationStatus; False = possible (section 2.1)
+    time: datetime | None      # onset, else recordedDate
+    resource_id: str
+    recorded: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProcedureFact:
+    """A completed / in-progress Procedure in one of the procedure value sets."""
+
+    groups: frozenset[str]
+    code: str
+    display: str
+    time: datetime | None
+    resource_id: str
+
+
+@dataclass(frozen=True)
+class MedicationFact:
+    """An active medication (MedicationRequest or MedicationStatement) classified by value set."""
+
+    classes: frozenset[str]
+    name: str
+    resource_type: str
+    resource_id: str
+
+
+@dataclass(frozen=True)
+class DraftOrder:
+    """One draft MedicationRequest from ``context.draftOrders`` (section 2.8)."""
+
+    resource_id: str
+    name: str                  # untrusted EHR text: escape before display
+    classes: frozenset[str]    # med-* ids after route logic (e.g. med-iv-calcium only when IV)
+    route: str                 # "iv" | "not-iv" | "unknown" | "none"
+    route_inferred: bool       # no route given; injectable calcium/phosphate salt treated as IV
+    route_text: str
+    dose_text: str
+    is_calcium_chloride: bool
+    central_line: bool
+    selected: bool
+    excluded_reason: str = ""  # thiosulfate / dialysate / lock solution ...
+
+    @property
+    def reference(self) -> str:
+        """``MedicationRequest/<id>`` as used in selections and delete actions."""
+        return f"MedicationRequest/{self.resource_id}"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A resource that could not be used because it was malformed."""
+
+    resource_type: str
+    id: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The audit-log shape ``{resource_type, id, reason}``."""
+        return {"resource_type": self.resource_type, "id": self.id, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class PatientFacts:
+    """Everything the rules may use about one patient at one invocation time."""
+
+    now: datetime
+    patient_id: str
+    birth_date: date | None
+    gender: str
+    labs: tuple[LabResult, ...] = ()
+    conditions: tuple[ConditionFact, ...] = ()
+    possible_conditions: tuple[ConditionFact, ...] = ()
+    procedures: tuple[ProcedureFact, ...] = ()
+    medications: tuple[MedicationFact, ...] = ()
+    orders: tuple[DraftOrder, ...] = ()
+    skipped: tuple[Skipped, ...] = field(default_factory=tuple)
+
+    def results(self, *kinds: str) -> list[LabResult]:
+        """Results of the given kinds (value set ids), newest first."""
+        found = [r for r in self.labs if r.kind in kinds]
+        found.sort(key=lambda r: r.time, reverse=True)
+        return found
+
+    def has_condition(self, *groups: str) -> bool:
+        """True when an established active condition belongs to any of ``groups``."""
+        return any(c.groups.intersection(groups) for c in self.conditions)
+
+    def conditions_in(self, *groups: str) -> list[ConditionFact]:
+        """Established active conditions in any of ``groups``."""
+        return [c for c in self.conditions if c.groups.intersection(groups)]
+
+    def has_medication(self, *classes: str) -> bool:
+        """True when an active medication belongs to any of ``classes``."""
+        return any(m.classes.intersection(classes) for m in self.medications)
+
+    def age_years(self) -> float | None:
+        """Age at ``now`` in (fractional) years, or None when the birth date is unknown."""
+        if self.birth_date is None:
+            return None
+        today = self.now.date()
+        years = today.year - self.birth_date.year
+        if (today.month, today.day) < (self.birth_date.month, self.birth_date.day):
+            years -= 1
+        anniversary_year = self.birth_date.year + years
+        try:
+            last = self.birth_date.replace(year=anniversary_year)
+        except ValueError:  # 29 February
+            last = date(anniversary_year, 3, 1)
+        return years + (today - last).days / 366.0

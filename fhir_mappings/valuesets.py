@@ -1,0 +1,181 @@
+"""Load the ValueSet JSON files in ``fhir_mappings/valuesets/`` once and answer membership questions.
+
+File format (agreed with the terminology data): one FHIR R4 ValueSet per ``<id>.json``;
+``compose.include[]`` holds ``{system, concept: [{code, display}]}`` enumerations, or for ICD-10-CM an
+``is-a`` filter meaning "this code and every code below it" (prefix match on the dotted code);
+medication and route value sets carry ValueSet-level ``text-pattern`` extensions (case-insensitive
+Python regexes) used as the text fallback when no code matches.
+
+A missing or unreadable file never breaks import: the index records it in ``problems`` and the
+content check reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+TEXT_PATTERN_URL = "https://calcinosis-cds.org/fhir/StructureDefinition/text-pattern"
+VALUESET_URL_PREFIX = "https://calcinosis-cds.org/fhir/ValueSet/"
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+V3_ROUTE = "http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration"
+
+# Equivalent spellings of the code systems seen in real feeds (OIDs, http/https variants).
+_SYSTEM_ALIASES = {
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "https://loinc.org": LOINC,
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "https://snomed.info/sct": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "http://hl7.org/fhir/sid/icd-10-cm/": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.88": RXNORM,
+    "urn:oid:2.16.840.1.113883.5.112": V3_ROUTE,
+    "http://hl7.org/fhir/v3/RouteOfAdministration": V3_ROUTE,
+}
+
+LAB_VALUESETS = (
+    "lab-calcium-total", "lab-calcium-blood", "lab-calcium-ionized", "lab-calcium-corrected",
+    "lab-phosphate", "lab-albumin", "lab-pth", "lab-vitamin-d-25oh", "lab-vitamin-d-125", "lab-alp",
+    "lab-creatinine", "lab-egfr", "lab-potassium", "lab-urate", "lab-bmi", "lab-bicarbonate",
+)
+CONDITION_VALUESETS = (
+    "cond-esrd", "cond-ckd-stage-5", "cond-ckd-stage-5-dialysis", "cond-dialysis-dependence",
+    "cond-ckd-stage-4", "cond-ckd-stage-3", "cond-ckd-unspecified", "cond-kidney-transplant",
+    "cond-other-transplant", "cond-hyperparathyroidism", "cond-calciphylaxis", "cond-calcinosis-cutis",
+    "cond-dermatomyositis", "cond-juvenile-dermatomyositis", "cond-systemic-sclerosis", "cond-sle",
+    "cond-sarcoidosis", "cond-tumor-lysis", "cond-milk-alkali", "cond-malignancy",
+    "cond-multiple-myeloma", "cond-leukemia", "cond-paget", "cond-diabetes", "cond-obesity", "cond-aki",
+    "cond-hypervitaminosis-d",
+)
+PROCEDURE_VALUESETS = ("proc-dialysis", "proc-kidney-transplant")
+MEDICATION_VALUESETS = (
+    "med-iv-calcium", "med-iv-phosphate", "med-oral-calcium", "med-vitamin-d", "med-active-vitamin-d",
+    "med-nadroparin", "med-warfarin", "med-al-mg-binder", "med-sodium-bicarbonate", "med-thiosulfate",
+    "med-calcium-exclusions",
+)
+ROUTE_VALUESETS = ("route-iv", "route-not-iv")
+EXPECTED_VALUESETS = (
+    LAB_VALUESETS + CONDITION_VALUESETS + PROCEDURE_VALUESETS + MEDICATION_VALUESETS + ROUTE_VALUESETS
+)
+
+
+def normalize_system(system: object) -> str:
+    """Canonical code-system URI (aliases folded); '' when absent or not a string."""
+    if not isinstance(system, str):
+        return ""
+    system = system.strip()
+    return _SYSTEM_ALIASES.get(system, system)
+
+
+def _icd_key(code: str) -> str:
+    return code.replace(".", "").strip().upper()
+
+
+@dataclass
+class CodeIndex:
+    """Membership index over all loaded value sets (built once, read-only afterwards)."""
+
+    by_code: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    # ICD-10-CM is-a filters: (value set id, undotted prefix)
+    icd_prefixes: list[tuple[str, str]] = field(default_factory=list)
+    text_patterns: dict[str, list[re.Pattern[str]]] = field(default_factory=dict)
+    loaded: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    def valuesets_for(self, system: object, code: object) -> set[str]:
+        """Ids of every value set containing (system, code); empty set when none."""
+        if not isinstance(code, str) or not code.strip():
+            return set()
+        sys_uri = normalize_system(system)
+        found = set(self.by_code.get((sys_uri, code.strip()), ()))
+        if sys_uri == ICD10CM and self.icd_prefixes:
+            key = _icd_key(code)
+            found.update(vs for vs, prefix in self.icd_prefixes if key.startswith(prefix))
+        return found
+
+    def contains(self, valueset_id: str, system: object, code: object) -> bool:
+        """True when (system, code) is a member of ``valueset_id``."""
+        return valueset_id in self.valuesets_for(system, code)
+
+    def codings_in(self, codings: Iterable[tuple[str, str]]) -> set[str]:
+        """Union of value set ids over several (system, code) pairs."""
+        found: set[str] = set()
+        for system, code in codings:
+            found |= self.valuesets_for(system, code)
+        return found
+
+    def text_matches(self, valueset_id: str, text: str) -> bool:
+        """True when ``text`` matches one of the value set's text-pattern regexes."""
+        return any(p.search(text) for p in self.text_patterns.get(valueset_id, ()))
+
+    def codes_of(self, valueset_id: str, system: str) -> list[str]:
+        """Enumerated codes of one system in a value set (sorted), e.g. LOINCs for a prefetch query."""
+        return sorted(c for (s, c), ids in self.by_code.items() if s == system and valueset_id in ids)
+
+
+def _add_valueset(index: CodeIndex, vs_id: str, resource: Mapping[str, Any]) -> None:
+    compose = resource.get("compose")
+    includes = compose.get("include") if isinstance(compose, dict) else None
+    for include in includes if isinstance(includes, list) else []:
+        if not isinstance(include, dict):
+            continue
+        system = normalize_system(include.get("system"))
+        for concept in include.get("concept") or []:
+            code = concept.get("code") if isinstance(concept, dict) else None
+            if isinstance(code, str) and code.strip():
+                index.by_code.setdefault((system, code.strip()), set()).add(vs_id)
+        for flt in include.get("filter") or []:
+            if not isinstance(flt, dict):
+                continue
+            if system == ICD10CM and flt.get("op") == "is-a" and isinstance(flt.get("value"), str):
+                index.icd_prefixes.append((vs_id, _icd_key(flt["value"])))
+            else:
+                index.problems.append(f"valueset {vs_id}: unsupported filter {flt!r} (ignored)")
+    for ext in resource.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == TEXT_PATTERN_URL:
+            pattern = ext.get("valueString")
+            try:
+                index.text_patterns.setdefault(vs_id, []).append(re.compile(str(pattern), re.IGNORECASE))
+            except re.error as exc:
+                index.problems.append(f"valueset {vs_id}: text pattern {pattern!r} does not compile: {exc}")
+
+
+def build_index(directory: Path | None = None, expected: Iterable[str] = EXPECTED_VALUESETS) -> CodeIndex:
+    """Read every ``*.json`` ValueSet in ``directory`` (default: the packaged folder) into an index."""
+    index = CodeIndex()
+    folder = directory if directory is not None else Path(str(resources.files("fhir_mappings"))) / "valuesets"
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    for path in files:
+        try:
+            resource = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            index.problems.append(f"valueset file {path.name}: unreadable ({exc})")
+            continue
+        if not isinstance(resource, dict) or resource.get("resourceType") != "ValueSet":
+            index.problems.append(f"valueset file {path.name}: not a ValueSet resource")
+            continue
+        vs_id = path.stem
+        if resource.get("id") not in (None, vs_id):
+            index.problems.append(f"valueset file {path.name}: id {resource.get('id')!r} != file name")
+        _add_valueset(index, vs_id, resource)
+        index.loaded.add(vs_id)
+    for vs_id in expected:
+        if vs_id not in index.loaded:
+            index.problems.append(f"valueset {vs_id} is missing (fhir_mappings/valuesets/{vs_id}.json)")
+    return index
+
+
+@lru_cache(maxsize=1)
+def default_index() -> CodeIndex:
+    """The packaged value sets, loaded once per process."""
+    return build_index()

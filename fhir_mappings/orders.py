@@ -43,6 +43,7 @@ def _route_kind(request: Mapping[str, Any], index: CodeIndex) -> tuple[str, str]
     items: list[Any] = dosages if isinstance(dosages, list) else [dosages] if isinstance(dosages, dict) else []
     route_present = False
     texts: list[str] = []
+    dosage_texts: list[str] = []
     verdicts: set[str] = set()
     for dosage in items:
         if not isinstance(dosage, dict):
@@ -61,12 +62,14 @@ def _route_kind(request: Mapping[str, Any], index: CodeIndex) -> tuple[str, str]
             if rtext:
                 texts.append(rtext)
         if isinstance(dosage.get("text"), str):
-            texts.append(dosage["text"])
-    joined = " | ".join(texts)
-    if not verdicts and joined:
-        if index.text_matches("route-iv", joined):
+            dosage_texts.append(dosage["text"])
+    # Shown on the card: each distinct route description once (coding display and route.text often repeat).
+    joined = " | ".join(dict.fromkeys(t.strip() for t in texts if t.strip()))
+    match_text = " | ".join([joined, *dosage_texts])
+    if not verdicts and match_text.strip(" |"):
+        if index.text_matches("route-iv", match_text):
             verdicts.add("iv")
-        elif index.text_matches("route-not-iv", joined):
+        elif index.text_matches("route-not-iv", match_text):
             verdicts.add("not-iv")
     if "iv" in verdicts:
         return "iv", joined
@@ -131,7 +134,7 @@ def parse_order(
                 classes.discard(iv_class)
         if ORAL_CALCIUM in classes and route == "iv":
             classes.discard(ORAL_CALCIUM)
-    context_text = " ".join([route_text, _note_text(request)])
+    context_text = " ".join([route_text, _dose_text(request), _note_text(request)])
     return DraftOrder(
         resource_id=str(request.get("id") or ""),
         name=name,

@@ -40,12 +40,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from dataclasses import replace
 
     from cds_service.logging_setup import configure_logging
+    from cds_service.metrics import check_multiprocess_dir
 
     if settings is None:
         settings = load_settings(**overrides)
     elif overrides:
         settings = replace(settings, **overrides)
     configure_logging(settings.log_level)
+    check_multiprocess_dir()
     if not settings.dev and not settings.public_base_url:
         raise ConfigError("CDS_PUBLIC_BASE_URL is required outside --dev: it is the URL EHRs call and the "
                           "audience every client JWT must name (CDS Hooks 2.0 'Trusting CDS Clients')")
@@ -60,10 +62,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     _register_request_hooks(app, settings)
     _register_error_handlers(app)
 
-    from cds_service import api, ops
+    from cds_service import api, metrics, ops, smart
 
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(smart.bp)  # SMART on FHIR risk viewer (issue #6)
     return app
 
 
@@ -119,6 +123,8 @@ _SECURITY_HEADERS = {
 
 
 def _register_request_hooks(app: Flask, settings: Settings) -> None:
+    from cds_service.metrics import observe_request
+
     hsts = settings.public_base_url.startswith("https://")
 
     @app.before_request
@@ -134,11 +140,15 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
         if hsts:
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000.0
+        duration_s = time.perf_counter() - g.get("started", time.perf_counter())
+        # Only the matched route template and a bounded endpoint name: an unmatched path is caller-chosen
+        # text that could carry identifiers. request_id/hook_instance/service_id come from the log filter.
+        endpoint = request.url_rule.endpoint if request.url_rule is not None else "unmatched"
         log.info("request", extra={
-            "method": request.method, "path": request.path[:200], "status": response.status_code,
-            "duration_ms": round(duration_ms, 2),
+            "method": request.method, "route": request.url_rule.rule if request.url_rule else None,
+            "endpoint": endpoint, "status": response.status_code, "duration_ms": round(duration_s * 1000.0, 2),
         })
+        observe_request(endpoint, g.get("service_id", ""), response.status_code, duration_s)
         return response
 
 

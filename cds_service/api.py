@@ -21,6 +21,8 @@ from cds_service.services import ServiceDefinition, find_service, service_defini
 log = logging.getLogger(__name__)
 
 bp = Blueprint("cds", __name__, url_prefix="/cds-services")
+# merge_slashes=False on every route: Werkzeug would otherwise answer ``/cds-services//x`` with a 308 HTML
+# redirect page instead of a 404 OperationOutcome (found by tests/security/test_fuzz.py).
 
 _HOOK_INSTANCE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -57,13 +59,13 @@ def _service_or_404(service_id: str) -> ServiceDefinition:
     return service
 
 
-@bp.get("")
+@bp.get("", merge_slashes=False)
 def discovery() -> Response:
     """GET /cds-services: the services offered, with their prefetch templates (spec "Discovery")."""
     return jsonify({"services": [s.discovery_entry() for s in service_definitions()]})
 
 
-@bp.post("/<service_id>")
+@bp.post("/<service_id>", merge_slashes=False)
 def call_service(service_id: str) -> tuple[Response, int]:
     """POST /cds-services/{id}: evaluate a hook call and return cards."""
     service = _service_or_404(service_id)
@@ -80,7 +82,7 @@ def call_service(service_id: str) -> tuple[Response, int]:
     return jsonify(outcome.body), outcome.status
 
 
-@bp.post("/<service_id>/feedback")
+@bp.post("/<service_id>/feedback", merge_slashes=False)
 def feedback(service_id: str) -> Response:
     """POST /cds-services/{id}/feedback: store clinician responses idempotently (spec "Feedback")."""
     service = _service_or_404(service_id)

@@ -59,6 +59,10 @@ class Settings:
     silent_rules: tuple[str, ...] = ()
     suppress_overridden_hours: float = 24.0
     order_dedup_minutes: float = 30.0
+    # SMART on FHIR viewer (issue #6): public client id registered with the EHR, and the FHIR server a
+    # standalone launch uses when /smart/launch is opened without ?iss=.
+    smart_client_id: str = "calcinosis-cds"
+    smart_default_iss: str = ""
 
     @property
     def effective_database_url(self) -> str:

@@ -29,7 +29,14 @@ _MAX_RESPONSE_BYTES = 50 * 1024 * 1024
 
 
 class FhirAccessError(Exception):
-    """A fetch failed (network, timeout, non-2xx, malformed body); the message is safe to log."""
+    """A fetch failed (network, timeout, non-2xx, malformed body); the message is safe to log.
+
+    ``status`` is the FHIR server's HTTP status when it answered with an error, else None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class FhirServerNotAllowed(Exception):
@@ -119,7 +126,8 @@ class FhirClient:
                 # Never follow: a redirect could carry the bearer token to another host.
                 raise FhirAccessError(f"FHIR server answered a redirect ({response.status_code}); not followed")
             if response.status_code >= 400:
-                raise FhirAccessError(f"FHIR server answered HTTP {response.status_code}")
+                raise FhirAccessError(f"FHIR server answered HTTP {response.status_code}",
+                                      status=response.status_code)
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > _MAX_RESPONSE_BYTES:
                 raise FhirAccessError("FHIR response too large")

@@ -28,7 +28,7 @@ def serve(host: str | None, port: int | None, dev: bool | None) -> None:
     """Run the service on the embedded defaults (SQLite audit log)."""
     overrides = {k: v for k, v in {"host": host, "port": port, "dev": dev}.items() if v is not None}
     try:
-        settings = load_settings(**overrides)
+        settings = load_settings(None, **overrides)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
     from cds_service.server import run

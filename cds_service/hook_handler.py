@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from cds_service.auth import ClientIdentity
 from cds_service.engine import PatientRecord, assess
 from cds_service.errors import ServiceError
 from cds_service.hook_models import HookRequest, parse_hook_request
+from cds_service.metrics import record_cards, record_prefetch_unavailable
 from cds_service.prefetch import ResolvedData, resolve_prefetch
 from cds_service.runtime import Runtime
 from cds_service.services import ServiceDefinition
@@ -35,8 +36,11 @@ class HookOutcome:
 
 
 def handle_hook_call(runtime: Runtime, service: ServiceDefinition, body: Any,
-                     client: ClientIdentity | None) -> HookOutcome:
-    """Run one CDS Hooks call for ``service`` and record it in the audit log."""
+                     client: ClientIdentity | None, links_base_url: str = "") -> HookOutcome:
+    """Run one CDS Hooks call for ``service`` and record it in the audit log.
+
+    ``links_base_url`` (the service's public base URL) makes cards carry their viewer/rule links (issue #6).
+    """
     started = time.perf_counter()
     now = datetime.now(UTC)
     request: HookRequest | None = None
@@ -48,7 +52,10 @@ def handle_hook_call(runtime: Runtime, service: ServiceDefinition, body: Any,
     try:
         request = parse_hook_request(body, service.hook)
         data = resolve_prefetch(service, request, runtime.settings, runtime.fhir_session, runtime.executor)
-        assessment = assess(_patient_record(request, data), service.hook, now, runtime.engine_options)
+        options = runtime.engine_options
+        if links_base_url:
+            options = replace(options, links_base_url=links_base_url)
+        assessment = assess(_patient_record(request, data), service.hook, now, options)
         skipped, rules_evaluated = assessment.skipped, assessment.rules_evaluated
         shown, card_records = apply_alert_policy(
             assessment.cards, hook=service.hook, patient_id=request.patient_id, now=now,
@@ -58,6 +65,9 @@ def handle_hook_call(runtime: Runtime, service: ServiceDefinition, body: Any,
     except ServiceError as exc:
         error = exc.audit_code
         outcome = HookOutcome(exc.status, exc.to_outcome())
+        if exc.status == 412:
+            record_prefetch_unavailable(service.id)
+    record_cards(card_records)
     if runtime.audit is not None:
         runtime.audit.record_hook_call(HookCallRecord(
             hook_instance=request.hook_instance if request else _raw_field(body, "hookInstance"),

@@ -19,16 +19,23 @@ def _reject_constant(name: str) -> Any:
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Iterative depth check (no recursion, so hostile nesting cannot exhaust the stack)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        current, depth = stack.pop()
+    """Iterative depth check (no recursion, so hostile nesting cannot exhaust the stack).
+
+    Walks one nesting level at a time and keeps only containers: on a typical prefetch this is ~3x faster than
+    a (node, depth) stack, and it ran on every hook call (BENCHMARKS.md profile, issue #7).
+    """
+    level: list[Any] = [value] if isinstance(value, (dict, list)) else []
+    depth = 1
+    while level:
         if depth > limit:
             return True
-        if isinstance(current, dict):
-            stack.extend((child, depth + 1) for child in current.values() if isinstance(child, (dict, list)))
-        elif isinstance(current, list):
-            stack.extend((child, depth + 1) for child in current if isinstance(child, (dict, list)))
+        deeper: list[Any] = []
+        for node in level:
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, (dict, list)):
+                    deeper.append(child)
+        level = deeper
+        depth += 1
     return False
 
 
@@ -44,7 +51,7 @@ def read_json_body(request: Request) -> Any:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
         text = raw.decode(request.mimetype_params.get("charset", "utf-8"))
-    except (UnicodeDecodeError, LookupError):
+    except (UnicodeError, LookupError):  # UnicodeError: e.g. charset=undefined, idna (fuzz, issue #5)
         raise InvalidRequest("the request body is not valid UTF-8 text") from None
     try:
         body = json.loads(text, parse_constant=_reject_constant)

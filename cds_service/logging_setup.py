@@ -44,3 +44,7 @@ def configure_logging(level: str) -> None:
     root.addHandler(handler)
     # werkzeug's own access log would print request lines outside our format; ours is emitted instead.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # Even at CDS_LOG_LEVEL=DEBUG: urllib3 logs every FHIR URL (patient ids in the query) and SQLAlchemy every
+    # statement with its parameters (patient ids, lab values) once their loggers inherit INFO/DEBUG.
+    for chatty in ("urllib3", "sqlalchemy"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -30,6 +30,7 @@ from cds_service.fhir_client import (
     check_server_allowed,
 )
 from cds_service.hook_models import HookRequest
+from cds_service.metrics import record_fallback_outcome, timed_fallback_fetch
 from cds_service.services import ServiceDefinition
 
 log = logging.getLogger(__name__)
@@ -169,14 +170,15 @@ def _fetch_missing(data: ResolvedData, to_fetch: dict[str, str], continue_paging
     token = request.fhir_authorization.access_token if request.fhir_authorization else None
     client = FhirClient(request.fhir_server, token, settings, session)
     futures: dict[str, Future[FetchResult]] = {
-        key: executor.submit(client.fetch, query) for key, query in to_fetch.items()
+        key: executor.submit(timed_fallback_fetch, "query", client.fetch, query) for key, query in to_fetch.items()
     }
     page_futures: dict[str, Future[FetchResult]] = {
-        key: executor.submit(client.fetch_next_pages, url) for key, url in continue_paging.items()
+        key: executor.submit(timed_fallback_fetch, "next_pages", client.fetch_next_pages, url)
+        for key, url in continue_paging.items()
     }
     wait([*futures.values(), *page_futures.values()], timeout=settings.fhir_total_timeout_s)
     for key, future in futures.items():
-        result = _result_or_none(future, key)
+        result = _result_or_none(future, key, "query")
         if result is None:
             data.resources[key] = []
             data.sources[key] = SOURCE_FAILED
@@ -184,20 +186,24 @@ def _fetch_missing(data: ResolvedData, to_fetch: dict[str, str], continue_paging
             data.resources[key] = result.resources
             data.sources[key] = SOURCE_PARTIAL if result.truncated else SOURCE_FETCHED
     for key, future in page_futures.items():
-        result = _result_or_none(future, key)
+        result = _result_or_none(future, key, "next_pages")
         if result is None or result.truncated:
             data.sources[key] = SOURCE_PARTIAL
         if result is not None:
             data.resources[key].extend(result.resources)
 
 
-def _result_or_none(future: Future[FetchResult], key: str) -> FetchResult | None:
+def _result_or_none(future: Future[FetchResult], key: str, kind: str) -> FetchResult | None:
     if not future.done():
         future.cancel()
         log.warning("prefetch_fetch_deadline", extra={"prefetch_key": key})
+        record_fallback_outcome(kind, "deadline")
         return None
     try:
-        return future.result()
+        result = future.result()
     except FhirAccessError as exc:
         log.warning("prefetch_fetch_failed", extra={"prefetch_key": key, "reason": str(exc)})
+        record_fallback_outcome(kind, "error")
         return None
+    record_fallback_outcome(kind, "truncated" if result.truncated else "ok")
+    return result

@@ -48,9 +48,13 @@ def prepare(settings: Settings) -> None:
 def run(settings: Settings) -> None:
     """Serve until interrupted. Workers: WEB_CONCURRENCY (default 2), 4 threads each."""
     from cds_service import create_app
+    from cds_service.gunicorn_conf import child_exit, logconfig_dict
     from cds_service.logging_setup import configure_logging
+    from cds_service.metrics import prepare_multiprocess_dir
 
     configure_logging(settings.log_level)
+    # Before anything records a metric: several workers must share one Prometheus multiprocess directory.
+    prepare_multiprocess_dir()
     prepare(settings)
     # Build once in the master so configuration errors stop start-up with a clear message, not in a worker.
     create_app(settings).extensions["calcinosis"].close()
@@ -66,5 +70,7 @@ def run(settings: Settings) -> None:
         "graceful_timeout": 20,
         "accesslog": None,
         "errorlog": "-",
+        "child_exit": child_exit,
+        "logconfig_dict": logconfig_dict,
     }
     _StandaloneServer(settings, options).run()

@@ -183,3 +183,26 @@ def test_feedback_is_accepted_and_validated(client):
     bad = client.post("/cds-services/calcinosis-patient-view/feedback", json={"feedback": [{"card": "x"}]})
     assert bad.status_code == 400
     assert "outcome" in bad.get_json()["issue"][0]["diagnostics"]
+
+
+def test_readiness_stays_green_on_the_spool_when_the_database_is_down(app, client, monkeypatch):
+    # Decision support must not stop during a database outage (issue #4): the pod keeps serving and spools.
+    runtime = get_runtime(app)
+    monkeypatch.setattr(runtime.audit, "ping", lambda: False)
+    runtime.settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["audit"] == "spool"
+    runtime.settings.spool_dir.chmod(0o500)
+    try:
+        import os
+        if os.geteuid() == 0:  # root ignores directory permissions; make the spool path a file instead
+            runtime.settings.spool_dir.chmod(0o700)
+            runtime.settings.spool_dir.rename(runtime.settings.spool_dir.with_name("spool-moved"))
+            runtime.settings.spool_dir.write_text("not a directory")
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.get_json()["resourceType"] == "OperationOutcome"
+    finally:
+        if runtime.settings.spool_dir.is_dir():
+            runtime.settings.spool_dir.chmod(0o700)

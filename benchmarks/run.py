@@ -1,0 +1,581 @@
+"""One-command benchmark of calcinosis-cds against the framework's floor, side by side in one run (issue #7).
+
+    python benchmarks/run.py            # full run (~4 min), rewrites the results section of BENCHMARKS.md
+    python benchmarks/run.py --quick    # shorter runs (< 60 s), prints the table only
+    python benchmarks/run.py --smoke    # two scenarios, about a second each (the smoke test)
+
+What it starts, all on 127.0.0.1 and free ports, stopped at the end:
+- the service the way production runs it: ``gunicorn -c python:cds_service.gunicorn_conf 'cds_service:create_app()'``
+  (2 gthread workers x 4 threads, JSON request log on), with the audit log on SQLite, on PostgreSQL (a fresh
+  database on 127.0.0.1:5432, migrated with ``calcinosis-cds db upgrade``, dropped afterwards) and off;
+- the floor: ``benchmarks/floor_app.py`` (an empty handler) under the same gunicorn settings;
+- the FHIR test server (tests/fhir_server) with ``--latency-ms 100`` for the no-prefetch scenario.
+
+Load comes from ``wrk`` (Debian package) with ``benchmarks/post.lua``. The service runs with ``CDS_DEV=1``: no
+client JWT (wrk cannot sign one per request) and a plain-http FHIR server on 127.0.0.1 are accepted. The
+patient records come from the synthetic cohort generator (``cds_service.synth``), dated relative to today.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from cds_service.synth import SynthPatient, generate_patient, transaction_bundles  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+LUA_SCRIPT = BENCH_DIR / "post.lua"
+RESULTS_FILE = REPO / "BENCHMARKS.md"
+START_MARK = "<!-- benchmark results: written by benchmarks/run.py -->"
+END_MARK = "<!-- end of benchmark results -->"
+PLACEHOLDER_INSTANCE = "00000000-0000-4000-8000-000000000000"
+PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
+SEED = 2025
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+PATIENT_VIEW = "calcinosis-patient-view"
+REMOTE = "patient-view no prefetch (small record), FHIR +100 ms/query"
+ORDER_SELECT = "calcinosis-order-select"
+
+
+# --- records ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Record:
+    """One patient's data as a CDS client would prefetch it."""
+
+    patient: SynthPatient
+    observations: list[dict[str, Any]]
+    conditions: list[dict[str, Any]]
+    procedures: list[dict[str, Any]]
+    medications: list[dict[str, Any]]
+
+    def prefetch(self) -> dict[str, Any]:
+        """The prefetch object for our six discovery keys (searchset Bundles)."""
+        return {
+            "patient": self.patient.resources[0],
+            "observations": _searchset(self.observations),
+            "conditions": _searchset(self.conditions),
+            "procedures": _searchset(self.procedures),
+            "medications": _searchset(self.medications),
+            "medicationStatements": _searchset([]),
+        }
+
+
+def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
+            "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r} for r in resources]}
+
+
+def _newest_first(resources: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    return sorted(resources, key=lambda r: str(r.get(key) or r.get("performedPeriod", {}).get("start", "")),
+                  reverse=True)
+
+
+def build_record(observations: int, conditions: int = 20) -> Record:
+    """A dialysis patient with ``observations`` labs (newest first), ``conditions`` problems, 100 sessions.
+
+    Only the number of observations changes between the small, typical and large records, so the cost of
+    record size shows on its own. Procedures are capped at 100 like the discovery template's ``_count``.
+    """
+    years = -(-observations // 130) + 1  # ~134 labs a year of dialysis; one spare year
+    # The problem list does not depend on the length of history, so pick the patient on a cheap one-year draw.
+    index = next((i for i in range(200)
+                  if len(generate_patient(i, "dialysis", years=1, seed=SEED).of_type("Condition")) >= conditions),
+                 None)
+    if index is None:
+        raise SystemExit(f"no synthetic dialysis patient with {conditions} conditions")
+    patient = generate_patient(index, "dialysis", years=years, seed=SEED)
+    if len(patient.of_type("Observation")) < observations:
+        raise SystemExit(f"the synthetic patient has fewer than {observations} labs")
+    return Record(
+        patient=patient,
+        observations=_newest_first(patient.of_type("Observation"), "effectiveDateTime")[:observations],
+        conditions=patient.of_type("Condition")[:conditions],
+        procedures=_newest_first(patient.of_type("Procedure"), "performedPeriod")[:100],
+        medications=patient.of_type("MedicationRequest"),
+    )
+
+
+def iv_calcium_draft(patient_id: str) -> dict[str, Any]:
+    """A draft order for calcium gluconate 1 g IV (the order-select scenario)."""
+    return {
+        "resourceType": "MedicationRequest", "id": "bench-draft-iv-calcium", "status": "draft", "intent": "order",
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1668250"}],
+            "text": "Calcium Gluconate 100 MG/ML Injectable Solution"},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "dosageInstruction": [{"text": "1 g IV over 10 minutes", "route": {"coding": [
+            {"system": "http://snomed.info/sct", "code": "47625008", "display": "Intravenous route"}]}}],
+    }
+
+
+def hook_body(hook: str, record: Record, *, prefetch: bool = True, fhir_server: str | None = None,
+              draft: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A CDS Hooks 2.0 request body; its hookInstance is the placeholder post.lua replaces per request."""
+    pid = record.patient.id
+    body: dict[str, Any] = {"hook": hook, "hookInstance": PLACEHOLDER_INSTANCE,
+                            "context": {"userId": "Practitioner/bench-1", "patientId": pid}}
+    if draft is not None:
+        body["context"]["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
+                                          "entry": [{"resource": draft}]}
+        body["context"]["selections"] = [f"MedicationRequest/{draft['id']}"]
+    if fhir_server is not None:
+        body["fhirServer"] = fhir_server
+        body["fhirAuthorization"] = {"access_token": "bench-token", "token_type": "Bearer", "expires_in": 3600,
+                                     "scope": "patient/*.rs", "subject": "calcinosis-cds", "patient": pid}
+    if prefetch:
+        body["prefetch"] = record.prefetch()
+    return body
+
+
+# --- processes -----------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A port the OS says is free now (bound to 127.0.0.1, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode} before it was ready:\n"
+                             f"{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - our own 127.0.0.1 server
+                if answer.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"server at {url} not ready after {timeout_s:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)  # gunicorn: graceful stop of master and workers
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@dataclass
+class Server:
+    """A running HTTP server process on 127.0.0.1."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def origin(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def gunicorn(name: str, app: str, work: Path, env_extra: dict[str, str], *, floor: bool = False) -> Iterator[Server]:
+    """Start gunicorn with production settings (the service's own config file, or the same values for the floor)."""
+    from cds_service import gunicorn_conf
+
+    port = free_port()
+    env = {**os.environ, "CDS_HOST": "127.0.0.1", "CDS_PORT": str(port), **env_extra}
+    if floor:
+        args = ["--bind", f"127.0.0.1:{port}", "--workers", str(gunicorn_conf.workers),
+                "--worker-class", gunicorn_conf.worker_class, "--threads", str(gunicorn_conf.threads),
+                "--keep-alive", str(gunicorn_conf.keepalive), "--timeout", str(gunicorn_conf.timeout),
+                "--pythonpath", str(BENCH_DIR)]
+        if gunicorn_conf.worker_tmp_dir:
+            args += ["--worker-tmp-dir", gunicorn_conf.worker_tmp_dir]
+    else:
+        args = ["-c", "python:cds_service.gunicorn_conf"]
+    log = work / f"{name}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(  # noqa: S603 - fixed argument list
+            [sys.executable, "-m", "gunicorn", *args, app], cwd=REPO, env=env, stdout=sink, stderr=sink,
+            start_new_session=True)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/cds-services", process, log)
+        yield Server(name, port, process, log)
+    finally:
+        _stop(process)
+
+
+def service_env(work: Path, name: str, *, audit: bool, database_url: str = "") -> dict[str, str]:
+    """Environment for one service instance: dev mode, its own data and metrics directories."""
+    data_dir = work / f"data-{name}"
+    metrics_dir = work / f"metrics-{name}"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    # The large record (5,000 observations as an EHR would prefetch them) is ~7 MB, above the 5 MiB default
+    # CDS_MAX_REQUEST_BYTES; a site with such records raises the limit the same way.
+    env = {"CDS_DEV": "1", "CDS_DATA_DIR": str(data_dir), "CDS_AUDIT_ENABLED": "1" if audit else "0",
+           "CDS_LOG_LEVEL": "INFO", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+           "CDS_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)}
+    if database_url:
+        env["CDS_DATABASE_URL"] = database_url
+    return env
+
+
+@contextmanager
+def fresh_postgres_database(work: Path) -> Iterator[str | None]:
+    """A new PostgreSQL database on 127.0.0.1:5432, migrated; its URL, or None when PostgreSQL is not there."""
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:
+        yield None
+        return
+    name = f"cds_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError:
+        yield None
+        return
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        env = {**os.environ, "CDS_DATABASE_URL": url, "CDS_DATA_DIR": str(work / "data-pg-migrate")}
+        done = subprocess.run([sys.executable, "-m", "cds_service.cli", "db", "upgrade"], cwd=REPO, env=env,  # noqa: S603
+                              capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"`calcinosis-cds db upgrade` failed:\n{done.stderr[-2000:]}")
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextmanager
+def fhir_server_with(record: Record, latency_ms: int) -> Iterator[str]:
+    """The FHIR test server (Medplum) holding ``record``'s patient, answering after ``latency_ms``; its base URL."""
+    from tests.support.fhir_server import FhirTestServer
+
+    # Only what the six prefetch queries can return: Medplum's in-memory search scans every stored resource per
+    # query (real-components.md A.5), so a bigger store would measure the test server, not our fetching.
+    stored = [record.patient.resources[0], *record.observations, *record.conditions, *record.procedures[:12],
+              *record.medications]
+    server = FhirTestServer.start(latency_ms=latency_ms)
+    try:
+        for bundle in transaction_bundles(stored):
+            server.post_bundle(bundle)
+        yield server.base_url
+    finally:
+        server.stop()
+
+
+# --- load -----------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Scenario:
+    """One line of the table."""
+
+    name: str
+    target: str          # which server: floor, sqlite, postgres, off
+    service: str
+    body: dict[str, Any]
+    connections: int
+    note: str = ""
+
+
+@dataclass
+class Result:
+    """wrk's numbers for one scenario."""
+
+    scenario: Scenario
+    requests: int = 0
+    seconds: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    cards: int | None = None
+    status: int = 0
+    skipped: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        """Requests per second."""
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def probe(url: str, body_path: Path) -> tuple[int, int | None]:
+    """One request outside the load: HTTP status and number of cards (None if not a card response)."""
+    data = body_path.read_bytes().replace(PLACEHOLDER_INSTANCE.encode(), str(uuid.uuid4()).encode())
+    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310 - our own 127.0.0.1 server
+            payload = json.loads(answer.read())
+            return answer.status, len(payload.get("cards", [])) if isinstance(payload, dict) else None
+    except urllib.error.HTTPError as error:
+        return error.code, None
+
+
+def run_wrk(url: str, body_path: Path, connections: int, seconds: float) -> dict[str, Any]:
+    """Drive ``url`` with wrk for ``seconds``; the BENCH_RESULT line of post.lua as a dict."""
+    threads = max(1, min(2, connections))
+    env = {**os.environ, "BENCH_BODY": str(body_path)}
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+               "--timeout", "10s", "-s", str(LUA_SCRIPT), url]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)  # noqa: S603
+    match = re.search(r"^BENCH_RESULT (\{.*\})$", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or match is None:
+        raise SystemExit(f"wrk failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    parsed: dict[str, Any] = json.loads(match.group(1))
+    return parsed
+
+
+def measure(scenario: Scenario, server: Server, work: Path, seconds: float, warmup: float) -> Result:
+    """Probe once (status and cards), warm up, then measure with wrk."""
+    body_path = work / f"body-{re.sub(r'[^a-z0-9]+', '-', scenario.name.lower())}.json"
+    body_path.write_text(json.dumps(scenario.body), encoding="utf-8")
+    url = f"{server.origin}/cds-services/{scenario.service}"
+    status, cards = probe(url, body_path)
+    result = Result(scenario, status=status, cards=cards)
+    if warmup > 0:
+        run_wrk(url, body_path, scenario.connections, warmup)
+    raw = run_wrk(url, body_path, scenario.connections, seconds)
+    result.requests = int(raw["requests"])
+    result.seconds = raw["duration_us"] / 1e6
+    result.p50_ms = raw["p50_us"] / 1000.0
+    result.p90_ms = raw["p90_us"] / 1000.0
+    result.p99_ms = raw["p99_us"] / 1000.0
+    result.errors = int(raw["status_errors"]) + int(raw["socket_errors"])
+    return result
+
+
+# --- report ---------------------------------------------------------------------------------------------------------
+
+def table(results: list[Result], floor: Result | None) -> str:
+    """The one table: scenario, connections, throughput, p50, p99, ratio to the floor, errors, cards."""
+    header = "| scenario | conns | req/s | p50 ms | p99 ms | vs floor | errors | cards |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.skipped:
+            lines.append(f"| {r.scenario.name} | {r.scenario.connections} | skipped: {r.skipped} | | | | | |")
+            continue
+        ratio = f"{r.throughput / floor.throughput:.0%}" if floor and floor.throughput else "-"
+        if floor is r:
+            ratio = "100%"
+        cards = "-" if r.cards is None else str(r.cards)
+        errors = str(r.errors) if r.status == 200 else f"{r.errors} (HTTP {r.status})"
+        lines.append(f"| {r.scenario.name} | {r.scenario.connections} | {r.throughput:,.0f} | {r.p50_ms:.1f} | "
+                     f"{r.p99_ms:.1f} | {ratio} | {errors} | {cards} |")
+    return "\n".join(lines)
+
+
+def targets(by_name: dict[str, Result]) -> list[str]:
+    """The issue's targets, each with PASS/MISS and the numbers behind it."""
+    out: list[str] = []
+
+    def get(name: str) -> Result | None:
+        result = by_name.get(name)
+        return result if result is not None and not result.skipped and result.throughput else None
+
+    floor, typical = get("floor (empty handler)"), get("patient-view typical (150 obs), audit SQLite")
+    if floor and typical:
+        ratio = typical.throughput / floor.throughput
+        ok = ratio >= 0.40 and typical.p99_ms < 50
+        out.append(f"- {'PASS' if ok else 'MISS'} typical >= 40% of floor and p99 < 50 ms @16: "
+                   f"{ratio:.0%} of floor, p99 {typical.p99_ms:.1f} ms")
+    small, typical2, large = (get("patient-view small (20 obs) @2"), get("patient-view typical (150 obs) @2"),
+                              get("patient-view large (5,000 obs) @2"))
+    if large:
+        out.append(f"- {'PASS' if large.p50_ms < 250 else 'MISS'} large p50 < 250 ms: p50 {large.p50_ms:.1f} ms")
+    if small and typical2 and large:
+        # Service time per request at low concurrency, against the number of observations (20, ~150, 5,000).
+        per_obs = (large.p50_ms - small.p50_ms) / (5000 - 20)
+        predicted_typical = small.p50_ms + per_obs * (150 - 20)
+        out.append(f"- linearity: p50 {small.p50_ms:.1f} / {typical2.p50_ms:.1f} / {large.p50_ms:.1f} ms for "
+                   f"20 / 150 / 5,000 obs = {per_obs * 1000:.1f} us per observation above a "
+                   f"{small.p50_ms - per_obs * 20:.1f} ms fixed cost (line through small and large predicts "
+                   f"{predicted_typical:.1f} ms for typical)")
+    remote = get(REMOTE)
+    if remote:
+        out.append(f"- {'PASS' if remote.p50_ms < 200 else 'MISS'} no-prefetch p50 < 200 ms with 100 ms per FHIR "
+                   f"query (6 queries; serial would be >= 600 ms): p50 {remote.p50_ms:.1f} ms")
+    off = get("patient-view typical, audit off")
+    for label, name in (("SQLite", "patient-view typical (150 obs), audit SQLite"),
+                        ("PostgreSQL", "patient-view typical, audit PostgreSQL")):
+        on = get(name)
+        if off and on:
+            cost = 1 - on.throughput / off.throughput
+            out.append(f"- {'PASS' if cost <= 0.15 else 'MISS'} audit on {label} costs <= 15% of throughput: "
+                       f"{cost:.0%} ({on.throughput:,.0f} vs {off.throughput:,.0f} req/s)")
+    return out
+
+
+def machine() -> str:
+    """nproc, CPU model, RAM and Python version."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+        ram = f"{mem_kb / 1024 / 1024:.1f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        ram = "RAM unknown"
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)  # noqa: S607
+    wrk_text = (wrk_version.stdout or wrk_version.stderr).strip()
+    wrk_line = wrk_text.splitlines()[0] if wrk_text else "wrk"
+    return (f"nproc {len(os.sched_getaffinity(0))}, {model}, {ram}, Python {platform.python_version()} "
+            f"({platform.system()} {platform.release()}), {wrk_line.split(' Copyright')[0]}")
+
+
+def write_results(text: str, path: Path) -> None:
+    """Replace the generated section of BENCHMARKS.md (the hand-written profile notes around it are kept)."""
+    block = f"{START_MARK}\n{text}\n{END_MARK}"
+    if path.exists():
+        current = path.read_text(encoding="utf-8")
+        if START_MARK in current and END_MARK in current:
+            before = current.split(START_MARK, 1)[0]
+            after = current.split(END_MARK, 1)[1]
+            path.write_text(before + block + after, encoding="utf-8")
+            return
+        path.write_text(current.rstrip() + "\n\n" + block + "\n", encoding="utf-8")
+        return
+    path.write_text(f"# Benchmarks\n\n{block}\n", encoding="utf-8")
+
+
+# --- main ------------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="3 s per scenario (< 60 s in all); prints only")
+    mode.add_argument("--smoke", action="store_true", help="floor + one service scenario, 1 s each")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per scenario (default 10)")
+    parser.add_argument("--write", type=Path, default=None,
+                        help=f"file whose results section to rewrite (full run default: {RESULTS_FILE.name})")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL audit scenario")
+    options = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("error: wrk is not installed (Debian: apt-get install wrk; ./scripts/test installs it)", file=sys.stderr)
+        return 2
+    seconds = options.duration or (1.0 if options.smoke else 3.0 if options.quick else 10.0)
+    warmup = 0.0 if options.smoke else 1.0 if options.quick else 2.0
+    if seconds <= 0:
+        print("error: --duration must be positive", file=sys.stderr)
+        return 2
+    write_to = options.write or (None if options.quick or options.smoke else RESULTS_FILE)
+    started = time.monotonic()
+
+    small, typical, large = build_record(20), build_record(150), build_record(5000)
+    typical_body = hook_body("patient-view", typical)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="calcinosis-bench-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        floor_server = stack.enter_context(gunicorn("floor", "floor_app:app", work, {}, floor=True))
+        sqlite_server = stack.enter_context(gunicorn(
+            "service-sqlite", "cds_service:create_app()", work, service_env(work, "sqlite", audit=True)))
+        plan: list[tuple[Scenario, Server]] = [
+            (Scenario("floor (empty handler)", "floor", PATIENT_VIEW, typical_body, 16), floor_server),
+            (Scenario("patient-view typical (150 obs), audit SQLite", "sqlite", PATIENT_VIEW, typical_body, 16),
+             sqlite_server),
+        ]
+        if not options.smoke:
+            plan += [
+                (Scenario("patient-view small (20 obs)", "sqlite", PATIENT_VIEW,
+                          hook_body("patient-view", small), 16), sqlite_server),
+                (Scenario("patient-view large (5,000 obs)", "sqlite", PATIENT_VIEW,
+                          hook_body("patient-view", large), 16), sqlite_server),
+                (Scenario("order-select IV calcium draft (typical record)", "sqlite", ORDER_SELECT,
+                          hook_body("order-select", typical, draft=iv_calcium_draft(typical.patient.id)), 16),
+                 sqlite_server),
+                (Scenario("patient-view small (20 obs) @2", "sqlite", PATIENT_VIEW,
+                          hook_body("patient-view", small), 2), sqlite_server),
+                (Scenario("patient-view typical (150 obs) @2", "sqlite", PATIENT_VIEW, typical_body, 2),
+                 sqlite_server),
+                (Scenario("patient-view large (5,000 obs) @2", "sqlite", PATIENT_VIEW,
+                          hook_body("patient-view", large), 2), sqlite_server),
+            ]
+        for scenario, server in plan:
+            print(f"... {scenario.name} @{scenario.connections}", file=sys.stderr, flush=True)
+            results.append(measure(scenario, server, work, seconds, warmup))
+
+        if not options.smoke:
+            remote = Scenario(REMOTE, "sqlite", PATIENT_VIEW, {}, 2)
+            print(f"... {remote.name}", file=sys.stderr, flush=True)
+            try:
+                base = stack.enter_context(fhir_server_with(small, latency_ms=100))
+            except Exception as exc:  # noqa: BLE001 - node/npm missing: report, do not abort the run
+                results.append(Result(remote, skipped=f"FHIR test server unavailable ({type(exc).__name__})"))
+            else:
+                remote.body = hook_body("patient-view", small, prefetch=False, fhir_server=base)
+                results.append(measure(remote, sqlite_server, work, seconds, warmup))
+
+            off_server = stack.enter_context(gunicorn(
+                "service-off", "cds_service:create_app()", work, service_env(work, "off", audit=False)))
+            off = Scenario("patient-view typical, audit off", "off", PATIENT_VIEW, typical_body, 16)
+            print(f"... {off.name}", file=sys.stderr, flush=True)
+            results.append(measure(off, off_server, work, seconds, warmup))
+
+            pg = Scenario("patient-view typical, audit PostgreSQL", "postgres", PATIENT_VIEW, typical_body, 16)
+            url = None if options.no_postgres else stack.enter_context(fresh_postgres_database(work))
+            if url is None:
+                results.append(Result(pg, skipped="PostgreSQL at 127.0.0.1:5432 not reachable or --no-postgres"))
+            else:
+                pg_server = stack.enter_context(gunicorn(
+                    "service-pg", "cds_service:create_app()", work,
+                    service_env(work, "pg", audit=True, database_url=url)))
+                print(f"... {pg.name}", file=sys.stderr, flush=True)
+                results.append(measure(pg, pg_server, work, seconds, warmup))
+
+    floor = next((r for r in results if r.scenario.target == "floor"), None)
+    by_name = {r.scenario.name: r for r in results}
+    mode_name = "--smoke" if options.smoke else "--quick" if options.quick else "full"
+    command = "python benchmarks/run.py" + ("" if mode_name == "full" else f" {mode_name}")
+    if options.duration:
+        command += f" --duration {options.duration:g}"
+    report = "\n".join([
+        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} ({mode_name}, {seconds:g} s per scenario after a "
+        f"{warmup:g} s warm-up, wall time {time.monotonic() - started:.0f} s). Reproduce: `{command}`",
+        "",
+        f"Machine: {machine()}",
+        "",
+        table(results, floor),
+        "",
+        *targets(by_name),
+    ])
+    print(report)
+    if write_to is not None:
+        write_results(report, write_to)
+        print(f"\nresults written to {write_to}", file=sys.stderr)
+    failed = [r for r in results if not r.skipped and (r.status != 200 or r.errors)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

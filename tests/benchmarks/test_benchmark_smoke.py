@@ -1,0 +1,41 @@
+"""Smoke test of the benchmark driver: it starts both servers, drives them with wrk and prints the table.
+
+Not the benchmark itself (that is `python benchmarks/run.py`, minutes long): `--smoke` runs two scenarios for
+about a second each, so the normal test run stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COLUMNS = ["scenario", "conns", "req/s", "p50 ms", "p99 ms", "vs floor", "errors", "cards"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (./scripts/test installs it)")
+def test_benchmark_smoke_prints_the_table() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--smoke"], cwd=REPO, capture_output=True, text=True, timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| scenario"))
+    assert [cell.strip() for cell in header.strip("|").split("|")] == COLUMNS
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ") and line is not header}
+    assert "floor (empty handler)" in rows
+    service_row = rows["patient-view typical (150 obs), audit SQLite"]
+    cells = [cell.strip() for cell in service_row.strip("|").split("|")]
+    assert float(cells[2].replace(",", "")) > 0  # req/s
+    assert re.fullmatch(r"\d+%", cells[5])  # ratio to the floor
+    assert cells[6] == "0"  # no errors
+    assert int(cells[7]) >= 1  # the typical dialysis record raises cards
+    assert "Reproduce: `python benchmarks/run.py --smoke`" in done.stdout
+    assert "Machine: nproc" in done.stdout

@@ -131,8 +131,13 @@ def _parse_fhir_authorization(raw: Any) -> FhirAuthorization:
 def _parse_fhir_server(raw: Any) -> str:
     if not isinstance(raw, str) or len(raw) > 2048:
         raise InvalidRequest("fhirServer must be a URL string", expression=["fhirServer"])
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
+    try:
+        parts = urlsplit(raw)
+        port = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError:  # e.g. "https://[::1" (unbalanced IPv6 bracket); found by tests/security/test_fuzz.py
+        raise InvalidRequest("fhirServer is not a valid URL", expression=["fhirServer"]) from None
+    if (parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password
+            or port == 0):
         raise InvalidRequest("fhirServer must be an absolute http(s) base URL without credentials",
                              expression=["fhirServer"])
     return raw.rstrip("/")

@@ -137,8 +137,8 @@ _FEEDBACK_PATH = re.compile(r"^/cds-services/[^/]+/feedback$")
 
 def check_exchange(method: str, path: str, status: int, body_text: str) -> bool:
     """Check one response of our service; returns True when a contract applied to it."""
-    if not path.startswith("/cds-services") or method == "OPTIONS":
-        return False
+    if not path.startswith("/cds-services") or method in ("OPTIONS", "HEAD"):
+        return False  # preflight and HEAD carry no body by definition
     if status == 401:
         # Bare 401 (spec 1.7: do not say why): body, if any, is a generic OperationOutcome.
         if body_text:

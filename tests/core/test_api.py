@@ -206,3 +206,14 @@ def test_readiness_stays_green_on_the_spool_when_the_database_is_down(app, clien
     finally:
         if runtime.settings.spool_dir.is_dir():
             runtime.settings.spool_dir.chmod(0o700)
+
+
+def test_audit_api_is_mounted_and_off_without_an_admin_token(client, tmp_path):
+    # Audit data is PHI: without CDS_ADMIN_TOKEN the API does not exist (404), with it a token is required.
+    assert client.get("/admin/audit/stats").status_code == 404
+    app = make_app(tmp_path / "with-token", admin_token="a-long-admin-token-for-tests")
+    with_token = app.test_client()
+    assert with_token.get("/admin/audit/stats").status_code == 401
+    ok = with_token.get("/admin/audit/stats", headers={"Authorization": "Bearer a-long-admin-token-for-tests"})
+    assert ok.status_code == 200
+    get_runtime(app).close()

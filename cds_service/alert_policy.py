@@ -1,0 +1,109 @@
+"""Alert-fatigue controls driven by the audit log (issue #4 item 5).
+
+- Silent mode: a rule listed in ``CDS_SILENT_RULES`` is evaluated and logged ("silent") but its card is not
+  returned; this is how a hospital trials a rule before go-live. It is configuration, so it applies even when
+  the database is down.
+- Suppression of repeats: the same rule for the same patient is not shown again for
+  ``CDS_SUPPRESS_OVERRIDDEN_HOURS`` after a clinician overrode it; the card is logged as "suppressed".
+- Order dedup: order-select fires on every edit of a draft. A repeat alert for the same rule, patient and
+  draft order within ``CDS_ORDER_DEDUP_MINUTES`` is still shown (hiding it while the order is being
+  edited would be unsafe) but recorded with ``repeat_of`` so the alert-burden stats count it once.
+
+The two log-driven controls fail open: if the audit log is off or cannot answer, every card is shown.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+from cds_service.audit.records import CardRecord
+from cds_service.audit.store import AuditUnavailable
+from cds_service.config import Settings
+
+if TYPE_CHECKING:
+    from cds_service.audit.store import AuditLog
+
+logger = logging.getLogger(__name__)
+
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+
+
+class AssessedCardLike(Protocol):
+    """The attributes of ``cds_service.engine.AssessedCard`` this module reads."""
+
+    @property
+    def card(self) -> dict[str, Any]: ...
+    @property
+    def rule_id(self) -> str: ...
+    @property
+    def rule_version(self) -> str: ...
+    @property
+    def indicator(self) -> str: ...
+    @property
+    def evidence(self) -> list[dict[str, Any]]: ...
+    @property
+    def suggestion_uuids(self) -> list[str]: ...
+    @property
+    def order_key(self) -> str | None: ...
+
+
+def apply_alert_policy(
+    cards: Sequence[AssessedCardLike], *, hook: str, patient_id: str | None, now: datetime,
+    settings: Settings, audit: AuditLog | None,
+) -> tuple[list[dict[str, Any]], list[CardRecord]]:
+    """Decide which cards to show; returns (card JSON to return, card records for the audit log)."""
+    shown: list[dict[str, Any]] = []
+    records: list[CardRecord] = []
+    silent_rules = set(settings.silent_rules)
+    for assessed in cards:
+        disposition = "shown"
+        repeat_of: str | None = None
+        if assessed.rule_id in silent_rules:
+            disposition = "silent"
+        elif _recently_overridden(assessed, patient_id, now, settings, audit):
+            disposition = "suppressed"
+        elif hook in ORDER_HOOKS:
+            repeat_of = _earlier_order_alert(assessed, patient_id, now, settings, audit)
+        if disposition == "shown":
+            shown.append(assessed.card)
+        records.append(CardRecord(
+            card_uuid=str(assessed.card.get("uuid", "")),
+            rule_id=assessed.rule_id,
+            rule_version=assessed.rule_version,
+            indicator=assessed.indicator,
+            summary=str(assessed.card.get("summary", "")),
+            evidence=list(assessed.evidence),
+            suggestion_uuids=list(assessed.suggestion_uuids),
+            disposition=disposition,
+            order_key=assessed.order_key,
+            repeat_of=repeat_of,
+        ))
+    return shown, records
+
+
+def _recently_overridden(assessed: AssessedCardLike, patient_id: str | None, now: datetime,
+                         settings: Settings, audit: AuditLog | None) -> bool:
+    if audit is None or patient_id is None or settings.suppress_overridden_hours <= 0:
+        return False
+    since = now - timedelta(hours=settings.suppress_overridden_hours)
+    try:
+        return audit.recently_overridden(patient_id, assessed.rule_id, since)
+    except AuditUnavailable:
+        # Fail open: without the log we cannot know it was overridden, and a missed alert is the worse error.
+        logger.warning("alert suppression skipped: audit log unavailable")
+        return False
+
+
+def _earlier_order_alert(assessed: AssessedCardLike, patient_id: str | None, now: datetime,
+                         settings: Settings, audit: AuditLog | None) -> str | None:
+    if audit is None or patient_id is None or assessed.order_key is None or settings.order_dedup_minutes <= 0:
+        return None
+    since = now - timedelta(minutes=settings.order_dedup_minutes)
+    try:
+        return audit.find_recent_order_alert(patient_id, assessed.rule_id, assessed.order_key, since)
+    except AuditUnavailable:
+        logger.warning("order alert dedup skipped: audit log unavailable")
+        return None

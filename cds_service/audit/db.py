@@ -1,0 +1,146 @@
+"""Engines for the audit database and its schema migrations (Alembic, run programmatically).
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout and ``synchronous=FULL`` so a committed
+record survives a crash; write transactions start with ``BEGIN IMMEDIATE`` so the chain head is read under the
+write lock. PostgreSQL (``CDS_DATABASE_URL``) uses psycopg 3 with a short connect timeout, so an unreachable
+database fails fast and the records go to the spool instead of holding up the response.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
+
+from cds_service.audit.chain import MIGRATION_LOCK_KEY
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+PG_CONNECT_TIMEOUT_S = 3
+# Execution option that marks a connection whose transaction appends to the chain (SQLite: BEGIN IMMEDIATE).
+WRITE_OPTION = "cds_audit_write"
+
+
+class AuditSchemaError(RuntimeError):
+    """The database is reachable but its schema is not the one this version needs."""
+
+
+def normalise_url(raw: str) -> URL:
+    """Parse a database URL; plain ``postgresql://`` means psycopg 3, the driver we ship."""
+    url = make_url(raw)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def is_postgres(engine: Engine) -> bool:
+    """True when the engine talks to PostgreSQL."""
+    return engine.dialect.name == "postgresql"
+
+
+def create_audit_engine(raw_url: str) -> Engine:
+    """An engine configured for the audit log on SQLite or PostgreSQL."""
+    url = normalise_url(raw_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url)
+    if backend == "postgresql":
+        return create_engine(
+            url,
+            pool_pre_ping=True,  # a restarted database leaves dead pooled connections behind
+            pool_size=5,
+            max_overflow=10,
+            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "calcinosis-cds"},
+        )
+    raise ValueError(f"unsupported audit database {backend!r}: use sqlite:///path or postgresql+psycopg://...")
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:
+            pass  # reported when the first write fails, and the records are spooled meanwhile
+    # NullPool: a connection per unit of work. Cheap for SQLite, and nothing pooled survives a fork
+    # (gunicorn) or keeps writing to a database file that was moved or replaced.
+    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below decide how each transaction starts (pysqlite would not).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")  # acknowledged means on disk (issue #4 item 2)
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # The chain head must be read under the write lock, or two workers could both extend the same link.
+        immediate = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic configuration pointing at the migrations shipped in this package (no alembic.ini)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration revision this version of the code needs."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships migrations
+        raise AuditSchemaError("no audit migrations found in the package")
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade_schema(engine: Engine) -> str:
+    """Run the migrations to head under a lock so concurrent starters do not race; returns the revision."""
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE_OPTION: True})
+        with connection.begin():
+            if is_postgres(engine):
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            command.upgrade(alembic_config(connection), "head")
+            revision = current_revision(connection)
+    logger.info("audit schema at revision %s", revision)
+    return revision or ""
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise AuditSchemaError with the fix when the database is not at the head revision."""
+    with engine.connect() as connection:
+        revision = current_revision(connection)
+    head = head_revision()
+    if revision != head:
+        found = "empty (no audit tables)" if revision is None else f"at revision {revision}"
+        raise AuditSchemaError(
+            f"the audit database is {found} but this version needs revision {head}; "
+            "run `calcinosis-cds db upgrade` with the same CDS_DATABASE_URL before starting the service"
+        )

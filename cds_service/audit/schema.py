@@ -1,0 +1,169 @@
+"""The audit database tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them.
+
+Every audited record (hook call, card, feedback item, purge checkpoint) carries a global sequence number as
+its primary key and ``record_hash``, a SHA-256 chained to the previous record of the same database (issue #4
+item 3, see :mod:`cds_service.audit.chain`). ``chain_head`` holds the last sequence number and hash;
+``client_jti`` is the JWT replay cache shared by every worker and instance (issue #8 item 3), not part
+of the chain.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+from cds_service.audit.records import as_utc
+
+# Stable constraint names so migrations and autogenerate comparisons agree on every backend.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always an aware UTC datetime in Python, whatever the backend stores.
+
+    SQLite has no time zone type, so values are written there as naive UTC; PostgreSQL gets ``timestamptz``.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC before storing (naive on SQLite, where offsets would break string ordering)."""
+        if value is None:
+            return None
+        utc = as_utc(value)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Read back as an aware UTC datetime."""
+        if value is None:
+            return None
+        return as_utc(value)
+
+
+HASH = String(64)
+
+chain_head = Table(
+    "chain_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("last_seq", BigInteger, nullable=False),
+    Column("last_hash", HASH, nullable=False),
+)
+
+calls = Table(
+    "calls",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),  # = chain sequence number
+    Column("record_uuid", String(36), nullable=False, unique=True),  # makes spool replays idempotent
+    Column("hook_instance", Text, nullable=False, index=True),
+    Column("service_id", Text, nullable=False),
+    Column("hook", Text, nullable=False),
+    Column("patient_id", Text),
+    Column("user_id", Text),
+    Column("encounter_id", Text),
+    Column("client_iss", Text),
+    Column("client_tenant", Text),
+    Column("client_jti", Text),
+    Column("received_at", UtcDateTime, nullable=False, index=True),
+    Column("duration_ms", Float, nullable=False),
+    Column("http_status", Integer, nullable=False),
+    Column("data_sources", JSON, nullable=False),
+    Column("skipped_resources", JSON, nullable=False),
+    Column("rules_evaluated", JSON, nullable=False),
+    Column("error", Text),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Column("record_hash", HASH, nullable=False),
+    Index(None, "patient_id", "received_at"),
+)
+
+cards = Table(
+    "cards",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("call_id", BigInteger, ForeignKey("calls.id"), nullable=False, index=True),
+    Column("card_uuid", Text, nullable=False, unique=True),
+    Column("rule_id", Text, nullable=False, index=True),
+    Column("rule_version", Text, nullable=False),
+    Column("indicator", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("evidence", JSON, nullable=False),
+    Column("suggestion_uuids", JSON, nullable=False),
+    Column("disposition", String(16), nullable=False),
+    Column("order_key", Text, index=True),
+    Column("repeat_of", Text),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Column("record_hash", HASH, nullable=False),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("item_key", HASH, nullable=False, unique=True),  # digest of the item: the same item is stored once
+    Column("service_id", Text, nullable=False),
+    Column("card_uuid", Text, nullable=False, index=True),
+    Column("card_known", Boolean, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("accepted_suggestions", JSON, nullable=False),
+    Column("override_code", Text),
+    Column("override_system", Text),
+    Column("override_display", Text),
+    Column("override_comment", Text),
+    Column("outcome_timestamp", UtcDateTime, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False, index=True),
+    Column("record_hash", HASH, nullable=False),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("purged_before", UtcDateTime, nullable=False),
+    Column("purged_through_id", BigInteger, nullable=False),  # last sequence number removed by the purge
+    Column("anchor_hash", HASH, nullable=False),  # its hash: the chain continues from here
+    Column("purged_counts", JSON, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Column("record_hash", HASH, nullable=False),
+)
+
+client_jti = Table(
+    "client_jti",
+    metadata,
+    Column("iss", Text, primary_key=True),
+    Column("jti", Text, primary_key=True),
+    Column("expires_at", UtcDateTime, nullable=False, index=True),
+)
+
+# The tables whose rows are links of the hash chain, in the order their rows are written in one transaction.
+CHAINED_TABLES: dict[str, Table] = {
+    "calls": calls,
+    "cards": cards,
+    "feedback": feedback,
+    "checkpoints": checkpoints,
+}

@@ -1,0 +1,433 @@
+"""``AuditLog``: the write side the HTTP layer calls, plus the reads the alert-fatigue policy needs.
+
+Failure policy (issue #4 item 2, after CQL Services' card-logger): a hook call's records never block decision
+support; when the database is unavailable they go to the durable spool and are replayed later. Feedback that
+cannot be stored raises :class:`AuditUnavailable` so the HTTP layer answers 503 and the EHR retries.
+
+Logs name only exception classes: SQLAlchemy error messages embed the statement parameters, which carry
+patient ids and clinical values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, exists, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from cds_service.audit.chain import CHAIN_LOCK_KEY, ChainAppender, canonical_json, canonical_time, json_safe
+from cds_service.audit.db import (
+    WRITE_OPTION,
+    AuditSchemaError,
+    check_schema,
+    create_audit_engine,
+    is_postgres,
+    upgrade_schema,
+)
+from cds_service.audit.records import FeedbackRecord, HookCallRecord, SpooledCall, as_utc
+from cds_service.audit.schema import calls, cards, client_jti, feedback
+from cds_service.audit.spool import Spool
+from cds_service.config import Settings
+from cds_service.metrics import record_audit_failure
+
+logger = logging.getLogger(__name__)
+
+# After a failed write, go straight to the spool for this long instead of waiting on a dead database
+# in every request; then try again.
+RETRY_AFTER_S = 2.0
+# How often (at most) a successful write looks at the spool to start a background replay.
+SPOOL_CHECK_INTERVAL_S = 5.0
+REPLAY_BATCH = 500
+JTI_CLEANUP_EVERY = 256
+
+
+class AuditUnavailable(Exception):
+    """The audit database cannot answer now (down, locked, or at the wrong schema revision)."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """True for errors a retry can fix (connection lost, locked); False for a record the DB refuses."""
+    if isinstance(exc, OperationalError | AuditSchemaError | OSError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return False
+
+
+class AuditLog:
+    """The alert audit log on one database (SQLite file or PostgreSQL), with its local spool."""
+
+    def __init__(self, settings: Settings, engine: Engine, *, create_schema: bool) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._create_schema = create_schema
+        self._spool = Spool(settings.spool_dir)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._replay_lock = threading.Lock()
+        self._down_until = 0.0
+        self._next_spool_check = 0.0
+        self._jti_calls = 0
+        self._closed = False
+        # A forked child (gunicorn with preload) must not share the parent's pooled database connections.
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reset_after_fork(reference))
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    @classmethod
+    def open(cls, settings: Settings, *, create_schema: bool) -> AuditLog:
+        """Open the audit log and replay any spooled records.
+
+        ``create_schema=True`` (embedded SQLite under ``serve``) runs the migrations itself; for a shared
+        PostgreSQL ``calcinosis-cds db upgrade`` does (issue #8) and this only checks the schema is at head,
+        raising AuditSchemaError with the fix otherwise. An unreachable database is not an error here:
+        decision support must not stop, records are spooled until it answers.
+        """
+        engine = create_audit_engine(settings.effective_database_url)
+        audit = cls(settings, engine, create_schema=create_schema)
+        try:
+            audit._ensure_schema()
+        except AuditSchemaError:
+            engine.dispose()
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            audit._mark_down(exc, "open")
+            return audit
+        audit.replay_spool()
+        return audit
+
+    def close(self) -> None:
+        """Release database connections (waits for a running replay to finish)."""
+        self._closed = True
+        with self._replay_lock:
+            self._engine.dispose()
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for the query, export and maintenance modules)."""
+        return self._engine
+
+    def ping(self) -> bool:
+        """True when the database answers and has the expected schema (for /readyz)."""
+        try:
+            self._ensure_schema()
+            with self._engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except (SQLAlchemyError, AuditSchemaError, OSError):
+            return False
+        return True
+
+    def spool_depth(self) -> int:
+        """How many hook-call records wait in the spool (for metrics)."""
+        return self._spool.depth()
+
+    # ----------------------------------------------------------------------------------------- hook calls
+    def record_hook_call(self, record: HookCallRecord) -> None:
+        """Store one hook call and its cards, committed before returning; never raises.
+
+        When the database is unavailable the record is written durably (fsync) to the spool instead.
+        """
+        spooled = SpooledCall(record_uuid=str(uuid.uuid4()), record=record)
+        if time.monotonic() >= self._down_until:
+            try:
+                self._store_call(spooled)
+            except Exception as exc:  # nothing may stop decision support; the spool keeps it
+                self._mark_down(exc, "hook call; record spooled")
+            else:
+                self._after_successful_write()
+                return
+        try:
+            self._spool.put(spooled)
+        except Exception as exc:  # last resort: say so loudly, without record contents
+            logger.critical("audit record LOST: database and spool both failed (%s)", type(exc).__name__)
+
+    def replay_spool(self) -> int:
+        """Move spooled records into the database; returns how many were stored now.
+
+        Safe to run from several workers at once: a record already stored (same record uuid) is skipped.
+        Stops at the first transient failure; a record the database refuses is quarantined, not lost.
+        """
+        with self._replay_lock:
+            return self._replay_locked()
+
+    def _replay_locked(self) -> int:
+        if self._closed:
+            return 0
+        self._spool.remove_stale_temporaries()
+        stored = 0
+        for path in self._spool.pending()[:REPLAY_BATCH]:
+            spooled = self._spool.read(path)
+            if spooled is None:
+                continue
+            try:
+                inserted = self._store_call(spooled)
+            except Exception as exc:  # classify, then keep or quarantine the file
+                if _is_transient(exc):
+                    self._mark_down(exc, "spool replay")
+                    break
+                logger.error("audit spool record refused by the database (%s)", type(exc).__name__)
+                self._spool.quarantine_file(path, type(exc).__name__)
+                continue
+            self._spool.remove(path)
+            stored += int(inserted)
+        if stored:
+            logger.info("audit spool replayed: %d record(s) stored", stored)
+        return stored
+
+    def _store_call(self, spooled: SpooledCall) -> bool:
+        """Insert a call and its cards in one chained transaction; False if it was already stored."""
+        self._ensure_schema()
+        record = spooled.record
+        with self._write_transaction() as (connection, chain):
+            already = connection.execute(
+                select(calls.c.id).where(calls.c.record_uuid == spooled.record_uuid)
+            ).first()
+            if already is not None:
+                return False
+            call_id = chain.append("calls", {
+                "record_uuid": spooled.record_uuid,
+                "hook_instance": record.hook_instance,
+                "service_id": record.service_id,
+                "hook": record.hook,
+                "patient_id": record.patient_id,
+                "user_id": record.user_id,
+                "encounter_id": record.encounter_id,
+                "client_iss": record.client_iss,
+                "client_tenant": record.client_tenant,
+                "client_jti": record.client_jti,
+                "received_at": as_utc(record.received_at),
+                "duration_ms": float(record.duration_ms),
+                "http_status": int(record.http_status),
+                "data_sources": json_safe(record.data_sources),
+                "skipped_resources": json_safe(record.skipped_resources),
+                "rules_evaluated": json_safe(record.rules_evaluated),
+                "error": record.error,
+            })
+            for card in record.cards:
+                chain.append("cards", {
+                    "call_id": call_id,
+                    "card_uuid": card.card_uuid,
+                    "rule_id": card.rule_id,
+                    "rule_version": card.rule_version,
+                    "indicator": card.indicator,
+                    "summary": card.summary,
+                    "evidence": json_safe(card.evidence),
+                    "suggestion_uuids": json_safe(card.suggestion_uuids),
+                    "disposition": card.disposition,
+                    "order_key": card.order_key,
+                    "repeat_of": card.repeat_of,
+                })
+        return True
+
+    # ----------------------------------------------------------------------------------------- feedback
+    def record_feedback(self, items: list[FeedbackRecord]) -> None:
+        """Store feedback items idempotently (the same item twice is stored once).
+
+        Raises AuditUnavailable when they cannot be stored, so the EHR gets a 5xx and retries.
+        """
+        if self._spool.has_pending():
+            # Cards still in the spool would otherwise make their feedback look like it is for unknown cards.
+            self.replay_spool()
+        try:
+            self._ensure_schema()
+            with self._write_transaction() as (connection, chain):
+                for item in items:
+                    key = feedback_item_key(item)
+                    if connection.execute(select(feedback.c.id).where(feedback.c.item_key == key)).first():
+                        continue
+                    card_known = connection.execute(
+                        select(exists().where(cards.c.card_uuid == item.card_uuid))
+                    ).scalar_one()
+                    chain.append("feedback", {
+                        "item_key": key,
+                        "service_id": item.service_id,
+                        "card_uuid": item.card_uuid,
+                        "card_known": bool(card_known),
+                        "outcome": item.outcome,
+                        "accepted_suggestions": json_safe(item.accepted_suggestions),
+                        "override_code": item.override_code,
+                        "override_system": item.override_system,
+                        "override_display": item.override_display,
+                        "override_comment": item.override_comment,
+                        "outcome_timestamp": as_utc(item.outcome_timestamp),
+                    })
+        except (SQLAlchemyError, AuditSchemaError, OSError) as exc:
+            self._mark_down(exc, "feedback")
+            raise AuditUnavailable("the audit database cannot store feedback now") from exc
+        self._after_successful_write()
+
+    # ----------------------------------------------------------------------------------------- policy reads
+    def recently_overridden(self, patient_id: str, rule_id: str, since: datetime) -> bool:
+        """True when a clinician overrode a card of ``rule_id`` for this patient at or after ``since``."""
+        query = select(
+            exists()
+            .select_from(feedback.join(cards, cards.c.card_uuid == feedback.c.card_uuid)
+                         .join(calls, calls.c.id == cards.c.call_id))
+            .where(and_(
+                feedback.c.outcome == "overridden",
+                feedback.c.outcome_timestamp >= as_utc(since),
+                cards.c.rule_id == rule_id,
+                calls.c.patient_id == patient_id,
+            ))
+        )
+        with self._reading() as connection:
+            return bool(connection.execute(query).scalar_one())
+
+    def find_recent_order_alert(self, patient_id: str, rule_id: str, order_key: str,
+                                since: datetime) -> str | None:
+        """The card uuid of the first alert shown for this draft order within the window, or None.
+
+        The newest matching card decides whether we are inside the window (the clinician keeps editing the
+        same draft); the uuid returned is the one that started the series, so stats count the alert once.
+        """
+        query = (
+            select(func.coalesce(cards.c.repeat_of, cards.c.card_uuid))
+            .select_from(cards.join(calls, calls.c.id == cards.c.call_id))
+            .where(and_(
+                cards.c.disposition == "shown",
+                cards.c.rule_id == rule_id,
+                cards.c.order_key == order_key,
+                calls.c.patient_id == patient_id,
+                calls.c.received_at >= as_utc(since),
+            ))
+            .order_by(calls.c.received_at.desc(), cards.c.id.desc())
+            .limit(1)
+        )
+        with self._reading() as connection:
+            found = connection.execute(query).scalar_one_or_none()
+        return None if found is None else str(found)
+
+    # ----------------------------------------------------------------------------------------- jti cache
+    def remember_jti(self, iss: str, jti: str, expires_at: datetime) -> bool:
+        """Record a client JWT id; False when (iss, jti) was already seen, i.e. a replay.
+
+        Atomic in the database, so it holds across workers and instances. Raises AuditUnavailable if the
+        database cannot answer (the caller then falls back to a per-process cache).
+        """
+        values = {"iss": iss, "jti": jti, "expires_at": as_utc(expires_at)}
+        self._fail_fast_while_down()
+        try:
+            self._ensure_schema()
+            with self._engine.connect() as connection:
+                connection.execution_options(**{WRITE_OPTION: True})
+                with connection.begin():
+                    insert = postgresql.insert if is_postgres(self._engine) else sqlite.insert
+                    result = connection.execute(
+                        insert(client_jti).values(**values).on_conflict_do_nothing(
+                            index_elements=[client_jti.c.iss, client_jti.c.jti]
+                        ).returning(client_jti.c.jti)
+                    )
+                    # RETURNING yields the row only when it was inserted (rowcount is unreliable here).
+                    first_seen = result.first() is not None
+                    self._jti_calls += 1
+                    if self._jti_calls % JTI_CLEANUP_EVERY == 0:
+                        # Expired ids can no longer be replayed (the token is rejected on exp), so drop them.
+                        connection.execute(client_jti.delete().where(
+                            client_jti.c.expires_at < datetime.now(UTC) - timedelta(hours=1)))
+        except (SQLAlchemyError, AuditSchemaError, OSError) as exc:
+            self._mark_down(exc, "jti cache")
+            raise AuditUnavailable("the jti replay cache in the audit database is unavailable") from exc
+        return first_seen
+
+    # ----------------------------------------------------------------------------------------- internals
+    def _ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            if self._create_schema:
+                upgrade_schema(self._engine)
+            else:
+                check_schema(self._engine)
+            self._schema_ready = True
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[tuple[Connection, ChainAppender]]:
+        """A transaction holding the chain lock, with an appender positioned at the chain head."""
+        with self._engine.connect() as connection:
+            connection.execution_options(**{WRITE_OPTION: True})
+            with connection.begin():
+                if is_postgres(self._engine):
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+                chain = ChainAppender(connection, datetime.now(UTC))
+                yield connection, chain
+                chain.finish()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        self._fail_fast_while_down()
+        try:
+            self._ensure_schema()
+            with self._engine.connect() as connection:
+                yield connection
+        except (SQLAlchemyError, AuditSchemaError, OSError) as exc:
+            self._mark_down(exc, "read")
+            raise AuditUnavailable("the audit database cannot answer now") from exc
+
+    def _fail_fast_while_down(self) -> None:
+        # Within the back-off after a failure, do not make every request wait on a dead database again
+        # (a black-holed host costs the full connect timeout per query).
+        if time.monotonic() < self._down_until:
+            raise AuditUnavailable("the audit database is unavailable (retrying shortly)")
+
+    def _mark_down(self, exc: BaseException, during: str) -> None:
+        record_audit_failure(during)
+        if _is_transient(exc):
+            self._down_until = time.monotonic() + RETRY_AFTER_S
+        # Class name only: the message of a database error can contain the statement's parameters (PHI).
+        logger.warning("audit database unavailable during %s (%s)", during, type(exc).__name__)
+
+    def _after_successful_write(self) -> None:
+        now = time.monotonic()
+        if now < self._next_spool_check:
+            return
+        self._next_spool_check = now + SPOOL_CHECK_INTERVAL_S
+        if self._spool.has_pending() and not self._replay_lock.locked():
+            threading.Thread(target=self._background_replay, name="audit-spool-replay", daemon=True).start()
+
+    def _background_replay(self) -> None:
+        if not self._replay_lock.acquire(blocking=False):
+            return
+        try:
+            self._replay_locked()
+        except Exception as exc:  # a background thread must not die loudly; retried later
+            logger.warning("audit spool replay failed (%s)", type(exc).__name__)
+        finally:
+            self._replay_lock.release()
+
+
+def _reset_after_fork(reference: weakref.ref[AuditLog]) -> None:
+    audit = reference()
+    if audit is None:
+        return
+    audit._engine.dispose(close=False)  # drop the parent's connections without closing them under it
+    audit._schema_lock = threading.Lock()
+    audit._replay_lock = threading.Lock()
+
+
+def feedback_item_key(item: FeedbackRecord) -> str:
+    """The identity of a feedback item: every field the EHR sent, so a resend is recognised exactly."""
+    identity: dict[str, Any] = {
+        "service_id": item.service_id,
+        "card_uuid": item.card_uuid,
+        "outcome": item.outcome,
+        "accepted_suggestions": sorted(item.accepted_suggestions),
+        "override_code": item.override_code,
+        "override_system": item.override_system,
+        "override_display": item.override_display,
+        "override_comment": item.override_comment,
+        "outcome_timestamp": canonical_time(item.outcome_timestamp),
+    }
+    return hashlib.sha256(canonical_json(identity).encode("utf-8")).hexdigest()

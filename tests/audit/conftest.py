@@ -1,0 +1,117 @@
+"""Fixtures for the audit-log tests: the same tests run on SQLite and on the machine's real PostgreSQL.
+
+PostgreSQL: 127.0.0.1:5432, trust auth, user postgres. Each test gets a uniquely named database that is
+dropped afterwards. Set CDS_TEST_SKIP_POSTGRES=1 to skip those cases on a machine without PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cds_service.audit import AuditLog
+from cds_service.config import Settings, load_settings
+
+PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:{port}/{name}"
+
+
+def _postgres_up() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN_DSN):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _start_postgres() -> None:
+    versions = os.listdir("/etc/postgresql") if os.path.isdir("/etc/postgresql") else []
+    for version in versions:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                       check=False, capture_output=True, timeout=60)
+
+
+def require_postgres() -> None:
+    """Skip on request, start PostgreSQL if it is down, fail loudly if it still is."""
+    if os.environ.get("CDS_TEST_SKIP_POSTGRES") == "1":
+        pytest.skip("CDS_TEST_SKIP_POSTGRES=1")
+    if not _postgres_up():
+        _start_postgres()
+    if not _postgres_up():
+        pytest.fail("PostgreSQL at 127.0.0.1:5432 is not reachable (set CDS_TEST_SKIP_POSTGRES=1 to skip)")
+
+
+@dataclass(frozen=True)
+class Database:
+    """One throw-away audit database and the data directory (spool) of the service using it."""
+
+    backend: str
+    url: str
+    data_dir: Path
+    pg_name: str | None = None
+
+    def settings(self, url: str | None = None, **overrides: object) -> Settings:
+        """Service settings pointing at this database (or at ``url``, e.g. through a proxy)."""
+        values: dict[str, object] = {"data_dir": str(self.data_dir), "database_url": url or self.url, **overrides}
+        return load_settings({}, **values)
+
+    def url_via_port(self, port: int) -> str:
+        """The PostgreSQL URL of this database reached through another port (a proxy)."""
+        assert self.pg_name is not None
+        return PG_URL.format(port=port, name=self.pg_name)
+
+
+def _create_pg_database() -> str:
+    name = f"cds_audit_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def _drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
+        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """An empty audit database on each backend (parametrised)."""
+    data_dir = tmp_path / "data"
+    if request.param == "sqlite":
+        yield Database("sqlite", f"sqlite:///{tmp_path / 'db' / 'audit.sqlite3'}", data_dir)
+        return
+    require_postgres()
+    name = _create_pg_database()
+    try:
+        yield Database("postgres", PG_URL.format(port=5432, name=name), data_dir, pg_name=name)
+    finally:
+        _drop_pg_database(name)
+
+
+@pytest.fixture
+def open_audit(database: Database) -> Iterator[Callable[..., AuditLog]]:
+    """Open AuditLog instances on ``database`` (schema created); all closed after the test."""
+    opened: list[AuditLog] = []
+
+    def opener(url: str | None = None, **overrides: object) -> AuditLog:
+        audit = AuditLog.open(database.settings(url, **overrides), create_schema=True)
+        opened.append(audit)
+        return audit
+
+    yield opener
+    for audit in opened:
+        audit.close()
+
+
+@pytest.fixture
+def audit(open_audit: Callable[..., AuditLog]) -> AuditLog:
+    """One AuditLog on the parametrised database."""
+    return open_audit()

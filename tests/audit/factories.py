@@ -1,0 +1,96 @@
+"""Builders for audit records with unique ids, and small database read helpers for assertions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, func, select, text
+
+from cds_service.audit import CardRecord, FeedbackRecord, HookCallRecord
+from cds_service.audit.db import normalise_url
+from cds_service.audit.schema import calls, cards, feedback
+
+# A value that must never reach a log line (grepped by the log tests).
+SECRET_LAB_VALUE = 13.37
+
+
+def make_card(rule_id: str = "calcinosis.phosphate.high", *, disposition: str = "shown",
+              order_key: str | None = None, repeat_of: str | None = None) -> CardRecord:
+    """A card record with a fresh uuid and one piece of evidence."""
+    return CardRecord(
+        card_uuid=str(uuid.uuid4()),
+        rule_id=rule_id,
+        rule_version="1.0.0",
+        indicator="warning",
+        summary="Phosphate above range",
+        evidence=[{"name": "phosphate", "value": SECRET_LAB_VALUE, "unit": "mg/dL", "original_value": 13.37,
+                   "original_unit": "mg/dL", "resource_id": "Observation/ob-1", "time": "2025-01-01T00:00:00Z"}],
+        suggestion_uuids=[str(uuid.uuid4())],
+        disposition=disposition,
+        order_key=order_key,
+        repeat_of=repeat_of,
+    )
+
+
+def make_call(patient_id: str | None = "pat-1", cards_: list[CardRecord] | None = None, *,
+              received_at: datetime | None = None, hook: str = "patient-view", http_status: int = 200,
+              **extra: Any) -> HookCallRecord:
+    """A hook-call record with a fresh hookInstance."""
+    values: dict[str, Any] = {
+        "hook_instance": str(uuid.uuid4()),
+        "service_id": "calcinosis-patient-view" if hook == "patient-view" else f"calcinosis-{hook}",
+        "hook": hook,
+        "patient_id": patient_id,
+        "user_id": "Practitioner/doc-1",
+        "encounter_id": "enc-1",
+        "client_iss": "https://ehr.example.org",
+        "client_tenant": None,
+        "client_jti": str(uuid.uuid4()),
+        "received_at": received_at or datetime.now(UTC),
+        "duration_ms": 12.5,
+        "http_status": http_status,
+        "data_sources": {"patient": "prefetch", "labs": "fetched"},
+        "skipped_resources": [{"resource_type": "Observation", "id": "bad-1", "reason": "no value"}],
+        "rules_evaluated": [("calcinosis.phosphate.high", "1.0.0")],
+        "cards": cards_ if cards_ is not None else [make_card()],
+        "error": None,
+    }
+    values.update(extra)
+    return HookCallRecord(**values)
+
+
+def make_feedback(card_uuid: str, outcome: str = "overridden", *, when: datetime | None = None,
+                  code: str | None = "not-relevant", service_id: str = "calcinosis-patient-view"
+                  ) -> FeedbackRecord:
+    """A feedback item for ``card_uuid``."""
+    return FeedbackRecord(
+        service_id=service_id,
+        card_uuid=card_uuid,
+        outcome=outcome,
+        accepted_suggestions=[] if outcome == "overridden" else [str(uuid.uuid4())],
+        override_code=code if outcome == "overridden" else None,
+        override_system="https://example.org/override-reasons" if outcome == "overridden" else None,
+        override_display="Not relevant for this patient" if outcome == "overridden" and code else None,
+        override_comment=None,
+        outcome_timestamp=when or datetime.now(UTC),
+    )
+
+
+def engine_for(url: str) -> Engine:
+    """A plain engine for assertions and out-of-band tampering (no audit machinery)."""
+    return create_engine(normalise_url(url))
+
+
+def count(engine: Engine, table_name: str) -> int:
+    """Rows in one audit table."""
+    table = {"calls": calls, "cards": cards, "feedback": feedback}[table_name]
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def execute(engine: Engine, statement: str, **params: Any) -> None:
+    """Run raw SQL out of band (the way an attacker with database access would)."""
+    with engine.begin() as connection:
+        connection.execute(text(statement), params)

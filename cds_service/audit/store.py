@@ -156,10 +156,17 @@ class AuditLog:
         """Move spooled records into the database; returns how many were stored now.
 
         Safe to run from several workers at once: a record already stored (same record uuid) is skipped.
-        Stops at the first transient failure; a record the database refuses is quarantined, not lost.
+        Drains the whole spool, batch by batch; stops at the first transient failure; a record the database
+        refuses is quarantined, not lost. (The opportunistic background replay does one batch at a time.)
         """
+        total = 0
         with self._replay_lock:
-            return self._replay_locked()
+            while True:
+                before = self._spool.depth()
+                stored = self._replay_locked()
+                total += stored
+                if not self._spool.has_pending() or self._spool.depth() >= before:
+                    return total
 
     def _replay_locked(self) -> int:
         if self._closed:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,14 +14,11 @@ import requests
 
 from tests.support.fhir_fixtures import ResourceLoader
 from tests.support.fhir_server import FhirServerError, FhirTestServer, Resource
+from tests.support.shared_data import SYNTHEA_DIR
 
 pytestmark = pytest.mark.integration
 
 LOINC = "http://loinc.org"
-# Shared data lives next to the repository, never inside it (working rules); CI may point elsewhere.
-SYNTHEA_DIR = Path(
-    os.environ.get("CALCINOSIS_SYNTHEA_DIR", Path(__file__).resolve().parents[3] / "shared/data/synthea")
-)
 TOKEN = "test-token-" + uuid.uuid4().hex
 
 

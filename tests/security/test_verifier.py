@@ -41,6 +41,7 @@ from tests.security.tokens import (
     settings_for,
     write_issuers_file,
 )
+from tests.support.shared_data import SANDBOX_JWKS_FILE
 
 LEEWAY = 60  # Settings.jwt_leeway_s default
 
@@ -433,7 +434,6 @@ def test_failure_log_names_iss_kid_jti_but_never_the_token(
 # Dev mode
 # ---------------------------------------------------------------------------------------------------------
 
-SANDBOX_JWKS_FILE = "/work/shared/data/cds-hooks-sandbox-jwks.json"
 SANDBOX_ISS = "https://sandbox.cds-hooks.org"
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 

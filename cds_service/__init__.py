@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -173,7 +174,11 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:
-        # Never a stack trace or internal path in a response; the log has the detail.
-        log.exception("unhandled_error", extra={"error_type": type(exc).__name__})
+        # Never a stack trace or internal path in a response; the log has the frames. The exception's message is
+        # left out: raised while handling clinical data it could quote a value (no clinical values in logs).
+        log.error("unhandled_error", extra={
+            "error_type": type(exc).__name__,
+            "frames": "".join(traceback.format_tb(exc.__traceback__))[-4000:],
+        })
         return jsonify(operation_outcome("internal error; the request id identifies it in the service log",
                                          status=500, code="exception")), 500

@@ -217,3 +217,20 @@ def test_audit_api_is_mounted_and_off_without_an_admin_token(client, tmp_path):
     ok = with_token.get("/admin/audit/stats", headers={"Authorization": "Bearer a-long-admin-token-for-tests"})
     assert ok.status_code == 200
     get_runtime(app).close()
+
+
+def test_unexpected_error_log_has_frames_but_not_the_message(client, monkeypatch, caplog):
+    import cds_service.hook_handler as handler
+
+    def explode(*args, **kwargs):
+        value = 10 + 0.5  # built at runtime so the source line shown in the frames does not contain it
+        raise ValueError(f"could not convert '{value} mg/dL'")
+    monkeypatch.setattr(handler, "assess", explode)
+    body = hook_request("patient-view", "esrd-3", prefetch=prefetch_for(esrd_with_high_caxp("esrd-3")))
+    with caplog.at_level("ERROR", logger="cds_service.http"):
+        assert client.post("/cds-services/calcinosis-patient-view", json=body).status_code == 500
+    record = next(r for r in caplog.records if r.getMessage() == "unhandled_error")
+    assert record.error_type == "ValueError"
+    assert "hook_handler.py" in record.frames
+    logged = caplog.text + record.frames
+    assert "10.5" not in logged

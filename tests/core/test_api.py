@@ -150,8 +150,9 @@ def test_unexpected_failure_is_a_generic_500_without_internals(client, monkeypat
         raise RuntimeError("/secret/internal/path.py exploded")
     monkeypatch.setattr(handler, "assess", explode)
     body = hook_request("patient-view", "esrd-2", prefetch=prefetch_for(esrd_with_high_caxp("esrd-2")))
-    response = client.post("/cds-services/calcinosis-patient-view", json=body)
+    response = client.post("/cds-services/calcinosis-patient-view", json=body, headers={"Origin": ORIGIN})
     assert response.status_code == 500
+    assert response.headers["Access-Control-Allow-Origin"] in ("*", ORIGIN)  # the browser can read the error
     text = response.get_data(as_text=True)
     assert "secret" not in text
     assert "Traceback" not in text

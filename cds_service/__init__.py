@@ -121,8 +121,8 @@ _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",  # responses carry PHI
     "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
 }
 
 
@@ -141,6 +141,10 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
     def _finish(response: Response) -> Response:
         for name, value in _SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if "frame-ancestors 'none'" not in response.headers["Content-Security-Policy"]:
+            # A page that opted into framing by named EHR origins (SMART viewer, CDS_SMART_FRAME_ANCESTORS):
+            # X-Frame-Options cannot allow-list origins, and CSP frame-ancestors governs framing.
+            del response.headers["X-Frame-Options"]
         if hsts:
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         response.headers["X-Request-ID"] = g.get("request_id", "")

@@ -63,6 +63,9 @@ class Settings:
     # standalone launch uses when /smart/launch is opened without ?iss=.
     smart_client_id: str = "calcinosis-cds"
     smart_default_iss: str = ""
+    # EHR origins allowed to embed the viewer in an iframe side panel (CSP frame-ancestors). Empty = not
+    # frameable; when set, the session cookie becomes SameSite=None; Secure so it reaches the cross-site frame.
+    smart_frame_ancestors: tuple[str, ...] = ()
 
     @property
     def effective_database_url(self) -> str:
@@ -160,5 +163,13 @@ def validate(settings: Settings) -> None:
         raise ConfigError("CDS_MAX_REQUEST_BYTES must be at least 1024")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"CDS_LOG_LEVEL={settings.log_level!r} is not a logging level")
+    for origin in settings.smart_frame_ancestors:
+        parts = urlsplit(origin)
+        if (parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/")
+                or parts.query or parts.fragment):
+            raise ConfigError(f"CDS_SMART_FRAME_ANCESTORS entry {origin!r} must be an origin such as "
+                              "https://ehr.example.org (scheme and host, no path)")
+        if parts.scheme == "http" and not settings.dev:
+            raise ConfigError(f"CDS_SMART_FRAME_ANCESTORS entry {origin!r} must be https outside --dev")
     if settings.suppress_overridden_hours < 0 or settings.order_dedup_minutes < 0:
         raise ConfigError("CDS_SUPPRESS_OVERRIDDEN_HOURS and CDS_ORDER_DEDUP_MINUTES must be >= 0")

@@ -18,6 +18,7 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
+from cds_service.config import Settings
 from cds_service.fhir_client import FhirServerNotAllowed, check_server_allowed
 from cds_service.runtime import EXTENSION_KEY, Runtime, get_runtime
 from cds_service.smart.discovery import discover
@@ -46,10 +47,15 @@ MAX_PENDING = 5            # launches in flight per browser session (several tab
 EXPIRED_GRACE_S = 3600.0   # keep an expired session an hour so the page can say "expired", not "not launched"
 _MAX_PARAM = 2048
 
-# Pages: no script at all; styles and images from this service only; not frameable (SMART apps open in a tab
-# or window from the EHR; SameSite=Lax cookies would not reach a cross-site frame anyway).
-PAGE_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; "
-            "frame-ancestors 'none'")
+# Pages: no script at all; styles and images from this service only. Not frameable by default (the EHR opens
+# the app in a tab or window); CDS_SMART_FRAME_ANCESTORS lists EHR origins that may embed it in a side panel.
+_PAGE_CSP_BASE = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; "
+
+
+def page_csp(settings: Settings) -> str:
+    """The viewer's Content-Security-Policy, with frame-ancestors from configuration."""
+    ancestors = " ".join(o.rstrip("/") for o in settings.smart_frame_ancestors) or "'none'"
+    return _PAGE_CSP_BASE + f"frame-ancestors {ancestors}"
 
 
 @bp.record_once
@@ -69,6 +75,10 @@ def _secure_cookie(runtime: Runtime) -> bool:
 
 
 def _set_cookie(response: BaseResponse, session_id: str, runtime: Runtime) -> None:
+    if runtime.settings.smart_frame_ancestors:
+        # A cross-site iframe only receives SameSite=None cookies, which browsers accept only when Secure.
+        response.set_cookie(COOKIE, session_id, httponly=True, samesite="None", secure=True, path="/smart")
+        return
     response.set_cookie(COOKIE, session_id, httponly=True, samesite="Lax", secure=_secure_cookie(runtime),
                         path="/smart")
 
@@ -77,8 +87,8 @@ def page(template: str, status: int = 200, **context: Any) -> Response:
     """Render an HTML page with the viewer's own CSP (the JSON API's ``default-src 'none'`` forbids CSS)."""
     response = current_app.response_class(render_template(template, status=status, **context), status=status,
                                           mimetype="text/html")
-    response.headers["Content-Security-Policy"] = PAGE_CSP
-    response.headers["X-Frame-Options"] = "DENY"
+    settings = current_app.extensions[EXTENSION_KEY].settings
+    response.headers["Content-Security-Policy"] = page_csp(settings)
     response.headers["Cache-Control"] = "no-store"  # patient data
     return response
 

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cds_service.audit.records import CardRecord
-from cds_service.audit.store import AuditUnavailable
+from cds_service.audit.store import AlertHistory, AuditUnavailable
 from cds_service.config import Settings
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+_NO_HISTORY = AlertHistory(frozenset(), {})
 
 
 class AssessedCardLike(Protocol):
@@ -58,15 +59,16 @@ def apply_alert_policy(
     shown: list[dict[str, Any]] = []
     records: list[CardRecord] = []
     silent_rules = set(settings.silent_rules)
+    history = _alert_history(cards, hook, patient_id, now, settings, audit, silent_rules)
     for assessed in cards:
         disposition = "shown"
         repeat_of: str | None = None
         if assessed.rule_id in silent_rules:
             disposition = "silent"
-        elif _recently_overridden(assessed, patient_id, now, settings, audit):
+        elif assessed.rule_id in history.overridden:
             disposition = "suppressed"
-        elif hook in ORDER_HOOKS:
-            repeat_of = _earlier_order_alert(assessed, patient_id, now, settings, audit)
+        elif hook in ORDER_HOOKS and assessed.order_key is not None:
+            repeat_of = history.first_alerts.get((assessed.rule_id, assessed.order_key))
         if disposition == "shown":
             shown.append(assessed.card)
         records.append(CardRecord(
@@ -84,26 +86,24 @@ def apply_alert_policy(
     return shown, records
 
 
-def _recently_overridden(assessed: AssessedCardLike, patient_id: str | None, now: datetime,
-                         settings: Settings, audit: AuditLog | None) -> bool:
-    if audit is None or patient_id is None or settings.suppress_overridden_hours <= 0:
-        return False
-    since = now - timedelta(hours=settings.suppress_overridden_hours)
+def _alert_history(cards: Sequence[AssessedCardLike], hook: str, patient_id: str | None, now: datetime,
+                   settings: Settings, audit: AuditLog | None, silent_rules: set[str]) -> AlertHistory:
+    """One read of the audit log for every card of the call (was one query per card; issue #7)."""
+    if audit is None or patient_id is None:
+        return _NO_HISTORY
+    candidates = [c for c in cards if c.rule_id not in silent_rules]
+    overridden_since = None
+    if settings.suppress_overridden_hours > 0:
+        overridden_since = now - timedelta(hours=settings.suppress_overridden_hours)
+    orders_since = None
+    order_alerts: list[tuple[str, str]] = []
+    if hook in ORDER_HOOKS and settings.order_dedup_minutes > 0:
+        orders_since = now - timedelta(minutes=settings.order_dedup_minutes)
+        order_alerts = [(c.rule_id, c.order_key) for c in candidates if c.order_key is not None]
     try:
-        return audit.recently_overridden(patient_id, assessed.rule_id, since)
+        return audit.alert_history(patient_id, [c.rule_id for c in candidates], overridden_since,
+                                   order_alerts, orders_since)
     except AuditUnavailable:
         # Fail open: without the log we cannot know it was overridden, and a missed alert is the worse error.
-        logger.warning("alert suppression skipped: audit log unavailable")
-        return False
-
-
-def _earlier_order_alert(assessed: AssessedCardLike, patient_id: str | None, now: datetime,
-                         settings: Settings, audit: AuditLog | None) -> str | None:
-    if audit is None or patient_id is None or assessed.order_key is None or settings.order_dedup_minutes <= 0:
-        return None
-    since = now - timedelta(minutes=settings.order_dedup_minutes)
-    try:
-        return audit.find_recent_order_alert(patient_id, assessed.rule_id, assessed.order_key, since)
-    except AuditUnavailable:
-        logger.warning("order alert dedup skipped: audit log unavailable")
-        return None
+        logger.warning("alert suppression and order dedup skipped: audit log unavailable")
+        return _NO_HISTORY

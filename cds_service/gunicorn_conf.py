@@ -1,7 +1,9 @@
 """gunicorn settings for production: ``gunicorn -c python:cds_service.gunicorn_conf 'cds_service:create_app()'``.
 
 - Workers from ``WEB_CONCURRENCY`` (default 2), each a ``gthread`` worker with ``GUNICORN_THREADS`` threads
-  (default 4): hook calls wait on the EHR's FHIR server, so threads overlap that I/O cheaply.
+  (default 2): a hook call is CPU-bound (JSON parse + rules, ~7 ms for a typical prefetch) and only sometimes
+  waits on the EHR's FHIR server (the fallback fetches themselves run in the app's own thread pool), so a
+  second thread per worker overlaps that wait while more threads only queue on the GIL.
 - Graceful shutdown: on SIGTERM workers finish in-flight hook calls for up to ``graceful_timeout`` seconds
   (Kubernetes' terminationGracePeriodSeconds must be longer; see deploy/deployment.yaml).
 - No gunicorn access log: the app writes one JSON line per request (cds_service/__init__.py), without PHI.
@@ -36,11 +38,20 @@ def _positive_int(name: str, default: int) -> int:
 bind = [f"{os.environ.get('CDS_HOST', '127.0.0.1')}:{os.environ.get('CDS_PORT', '8080')}"]
 workers = _positive_int("WEB_CONCURRENCY", 2)
 worker_class = "gthread"
-threads = _positive_int("GUNICORN_THREADS", 4)
+# 2, not 4 (issue #7, BENCHMARKS.md): one worker serving a typical prefetch at 16 connections gave the same
+# throughput with 1, 2 or 4 threads (~150 req/s, CPU-bound) but p99 128 / 162 / 201 ms: extra threads add GIL
+# hand-offs, not capacity. Two keep one request computing while another waits on FHIR fallback fetches.
+threads = _positive_int("GUNICORN_THREADS", 2)
 # A hook call is bounded by CDS_FHIR_TOTAL_TIMEOUT_S (8 s) of fallback fetches; 30 s means a stuck worker.
 timeout = 30
 graceful_timeout = 25
-keepalive = 5
+# No keep-alive (issue #7, BENCHMARKS.md): a gthread worker keeps every connection it accepted, so a client
+# (or the ingress) holding a few persistent connections pins them to whichever worker won the accept race
+# and the other worker idles -- measured: 16 persistent connections, one worker at ~80% of the CPU time,
+# 140 req/s; with a connection per request the kernel hands each request to the worker whose main thread
+# is free, both workers share the work, 210 req/s (p99 unchanged). The price is one TCP handshake per call
+# between the ingress (which terminates TLS, deploy/ingress.yaml) and the pod, ~0.1 ms in-cluster.
+keepalive = 0
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("CDS_LOG_LEVEL", "info").lower()

@@ -46,9 +46,8 @@ def prepare(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
-    """Serve until interrupted. Workers: WEB_CONCURRENCY (default 2), 4 threads each."""
-    from cds_service import create_app
-    from cds_service.gunicorn_conf import child_exit, logconfig_dict
+    """Serve until interrupted, with the production gunicorn settings (cds_service/gunicorn_conf.py)."""
+    from cds_service import create_app, gunicorn_conf
     from cds_service.logging_setup import configure_logging
     from cds_service.metrics import prepare_multiprocess_dir
 
@@ -61,16 +60,19 @@ def run(settings: Settings) -> None:
     if settings.dev:
         log.warning("dev_mode", extra={"note": "http FHIR servers and the public sandbox JWT are accepted; "
                                                 "never use --dev with production data"})
+    # The same settings as the container's `gunicorn -c python:cds_service.gunicorn_conf` (one source of truth);
+    # only the bind address comes from `serve`'s own --host/--port.
     options = {
         "bind": f"{settings.host}:{settings.port}",
-        "workers": int(os.environ.get("WEB_CONCURRENCY", "2")),
-        "threads": 4,
-        "worker_class": "gthread",
-        "timeout": 30,
-        "graceful_timeout": 20,
+        "workers": gunicorn_conf.workers,
+        "threads": gunicorn_conf.threads,
+        "worker_class": gunicorn_conf.worker_class,
+        "timeout": gunicorn_conf.timeout,
+        "graceful_timeout": gunicorn_conf.graceful_timeout,
+        "keepalive": gunicorn_conf.keepalive,
         "accesslog": None,
         "errorlog": "-",
-        "child_exit": child_exit,
-        "logconfig_dict": logconfig_dict,
+        "child_exit": gunicorn_conf.child_exit,
+        "logconfig_dict": gunicorn_conf.logconfig_dict,
     }
     _StandaloneServer(settings, options).run()

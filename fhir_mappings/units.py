@@ -87,13 +87,24 @@ def convert(analyte: str, value: float, code: str | None, unit: str | None = Non
 
     Matching is case-insensitive (section 2.2). Raises UnknownUnitError when neither matches.
     """
-    try:
-        spec = unit_table()[analyte]
-    except KeyError:
-        raise UnknownUnitError(f"no unit table for analyte {analyte!r}") from None
+    rule = _rule_for(analyte, code, unit)
+    if rule is None:
+        if analyte not in unit_table():
+            raise UnknownUnitError(f"no unit table for analyte {analyte!r}")
+        raise UnknownUnitError(f"unit {code or unit!r} is not accepted for {analyte}")
+    return rule.apply(value)
+
+
+@lru_cache(maxsize=4096)
+def _rule_for(analyte: str, code: str | None, unit: str | None) -> UnitRule | None:
+    """The accepted rule for (analyte, UCUM code, display unit), or None; memoised because a record repeats the
+    same few unit spellings for every result and reference range (BENCHMARKS.md, issue #7)."""
+    spec = unit_table().get(analyte)
+    if spec is None:
+        return None
     for candidate in (code, unit):
         if isinstance(candidate, str) and candidate.strip():
             rule = spec.accept.get(candidate.strip().lower())
             if rule is not None:
-                return rule.apply(value)
-    raise UnknownUnitError(f"unit {code or unit!r} is not accepted for {analyte}")
+                return rule
+    return None

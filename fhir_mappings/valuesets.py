@@ -77,6 +77,9 @@ def normalize_system(system: object) -> str:
     return _SYSTEM_ALIASES.get(system, system)
 
 
+_MEMO_LIMIT = 50_000
+
+
 def _icd_key(code: str) -> str:
     return code.replace(".", "").strip().upper()
 
@@ -91,27 +94,55 @@ class CodeIndex:
     text_patterns: dict[str, list[re.Pattern[str]]] = field(default_factory=dict)
     loaded: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+    # (system, code) as sent -> value set ids. The index does not change after build_index, and a record
+    # repeats the same few codes hundreds of times (monthly labs, 100 dialysis sessions), so each distinct
+    # code is resolved once per process (BENCHMARKS.md, issue #7). Bounded: codes come from the request.
+    _memo: dict[tuple[object, object], frozenset[str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
-    def valuesets_for(self, system: object, code: object) -> set[str]:
-        """Ids of every value set containing (system, code); empty set when none."""
+    def members(self, system: object, code: object) -> frozenset[str]:
+        """Ids of every value set containing (system, code), memoised; empty when none."""
+        key = (system, code)
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable system (malformed input): answer without memoising
+            return self._lookup(system, code)
+        found = self._lookup(system, code)
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()  # hostile input with endless distinct codes must not grow memory
+        self._memo[key] = found
+        return found
+
+    def forget_lookups(self) -> None:
+        """Drop memoised lookups (call after changing the index)."""
+        self._memo.clear()
+
+    def _lookup(self, system: object, code: object) -> frozenset[str]:
         if not isinstance(code, str) or not code.strip():
-            return set()
+            return frozenset()
         sys_uri = normalize_system(system)
         found = set(self.by_code.get((sys_uri, code.strip()), ()))
+        # Only ICD-10-CM has is-a (prefix) filters; SNOMED, LOINC and RxNorm codes are exact lookups.
         if sys_uri == ICD10CM and self.icd_prefixes:
             key = _icd_key(code)
             found.update(vs for vs, prefix in self.icd_prefixes if key.startswith(prefix))
-        return found
+        return frozenset(found)
+
+    def valuesets_for(self, system: object, code: object) -> set[str]:
+        """Ids of every value set containing (system, code); empty set when none (a new set the caller owns)."""
+        return set(self.members(system, code))
 
     def contains(self, valueset_id: str, system: object, code: object) -> bool:
         """True when (system, code) is a member of ``valueset_id``."""
-        return valueset_id in self.valuesets_for(system, code)
+        return valueset_id in self.members(system, code)
 
     def codings_in(self, codings: Iterable[tuple[str, str]]) -> set[str]:
         """Union of value set ids over several (system, code) pairs."""
         found: set[str] = set()
         for system, code in codings:
-            found |= self.valuesets_for(system, code)
+            found |= self.members(system, code)
         return found
 
     def text_matches(self, valueset_id: str, text: str) -> bool:
@@ -124,6 +155,7 @@ class CodeIndex:
 
 
 def _add_valueset(index: CodeIndex, vs_id: str, resource: Mapping[str, Any]) -> None:
+    index.forget_lookups()
     compose = resource.get("compose")
     includes = compose.get("include") if isinstance(compose, dict) else None
     for include in includes if isinstance(includes, list) else []:

@@ -103,6 +103,28 @@ class ChainAppender:
         self._dirty = True
         return int(row["id"])
 
+    def append_many(self, table_name: str, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert ``rows`` as consecutive links with one executemany; returns their ids in order.
+
+        The hashes are computed one after the other exactly as ``append`` would; only the round trips to the
+        database are batched (one INSERT for all cards of a hook call; BENCHMARKS.md, issue #7).
+        """
+        if not rows:
+            return []
+        table = CHAINED_TABLES[table_name]
+        prepared: list[dict[str, Any]] = []
+        for values in rows:
+            row = dict(values)
+            row["id"] = self.last_seq + 1
+            row["recorded_at"] = self._recorded_at
+            row["record_hash"] = link_hash(table_name, row_content(table, row), self.last_hash)
+            self.last_seq = row["id"]
+            self.last_hash = row["record_hash"]
+            prepared.append(row)
+        self._connection.execute(table.insert(), prepared)
+        self._dirty = True
+        return [int(row["id"]) for row in prepared]
+
     def finish(self) -> None:
         """Move ``chain_head`` to the last appended link (call before commit)."""
         if self._dirty:

@@ -9,6 +9,7 @@ database fails fast and the records go to the spool instead of holding up the re
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import QueuePool
 
 from cds_service.audit.chain import MIGRATION_LOCK_KEY
 
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Pooled SQLite connections per process: gthread threads + the spool replay thread, with room to spare.
+SQLITE_POOL_SIZE = 8
 PG_CONNECT_TIMEOUT_S = 3
 # Execution option that marks a connection whose transaction appends to the chain (SQLite: BEGIN IMMEDIATE).
 WRITE_OPTION = "cds_audit_write"
@@ -72,12 +76,20 @@ def _sqlite_engine(url: URL) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError:
             pass  # reported when the first write fails, and the records are spooled meanwhile
-    # NullPool: a connection per unit of work. Cheap for SQLite, and nothing pooled survives a fork
-    # (gunicorn) or keeps writing to a database file that was moved or replaced.
-    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    # A pool of connections per process (issue #7): opening a connection and its four PRAGMAs on every unit of
+    # work cost more than the insert itself. The pool is per engine and each gunicorn worker builds its own
+    # after the fork (AuditLog also drops inherited connections in the child). A pooled connection must not
+    # keep writing to a database file that was moved or replaced (an outage, a restore), so every checkout
+    # compares the file's identity with the one recorded at connect; a mismatch discards the connection and a
+    # fresh connect either finds the new file or fails, and the record goes to the spool.
+    engine = create_engine(
+        url, poolclass=QueuePool, pool_size=SQLITE_POOL_SIZE, max_overflow=8,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+    )
+    file_path = _sqlite_file(database)
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
         # Let SQLAlchemy's "begin" event below decide how each transaction starts (pysqlite would not).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -88,6 +100,13 @@ def _sqlite_engine(url: URL) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
             cursor.close()
+        if file_path is not None:
+            record.info["cds_file_id"] = _file_identity(file_path)
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if file_path is not None and record.info.get("cds_file_id") != _file_identity(file_path):
+            raise DisconnectionError("the SQLite audit database file was moved or replaced")
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
@@ -96,6 +115,22 @@ def _sqlite_engine(url: URL) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _sqlite_file(database: str) -> Path | None:
+    """The database file a pooled connection must stay bound to; None for in-memory or URI databases."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).absolute()
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the database file, None while it does not exist (one stat, ~2 us)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

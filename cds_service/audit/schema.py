@@ -138,6 +138,9 @@ feedback = Table(
     Column("outcome_timestamp", UtcDateTime, nullable=False),
     Column("recorded_at", UtcDateTime, nullable=False, index=True),
     Column("record_hash", HASH, nullable=False),
+    # The alert policy's suppression read starts here: overrides inside the window, however long the
+    # patient's history (migration 0002, issue #7).
+    Index(None, "outcome", "outcome_timestamp"),
 )
 
 checkpoints = Table(

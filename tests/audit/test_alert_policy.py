@@ -101,6 +101,9 @@ class _BrokenAudit:
     def find_recent_order_alert(self, *args: object) -> str | None:
         raise AuditUnavailable("down")
 
+    def alert_history(self, *args: object) -> None:  # the one read apply_alert_policy makes per call
+        raise AuditUnavailable("down")
+
 
 @pytest.mark.parametrize("hook", ["patient-view", "order-select"])
 def test_fails_open_when_the_log_is_unavailable(hook: str) -> None:

@@ -312,20 +312,6 @@ class AuditLog:
                 first_alerts = self._first_order_alerts(connection, patient_id, order_alerts, orders_since)
         return AlertHistory(frozenset(overridden), first_alerts)
 
-    def recently_overridden(self, patient_id: str, rule_id: str, since: datetime) -> bool:
-        """True when a clinician overrode a card of ``rule_id`` for this patient at or after ``since``."""
-        return rule_id in self.alert_history(patient_id, [rule_id], since, [], None).overridden
-
-    def find_recent_order_alert(self, patient_id: str, rule_id: str, order_key: str,
-                                since: datetime) -> str | None:
-        """The card uuid of the first alert shown for this draft order within the window, or None.
-
-        The newest matching card decides whether we are inside the window (the clinician keeps editing the
-        same draft); the uuid returned is the one that started the series, so stats count the alert once.
-        """
-        history = self.alert_history(patient_id, [], None, [(rule_id, order_key)], since)
-        return history.first_alerts.get((rule_id, order_key))
-
     @staticmethod
     def _overridden_rules(connection: Connection, patient_id: str, rule_ids: Collection[str],
                           since: datetime) -> set[str]:

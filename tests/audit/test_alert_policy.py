@@ -95,12 +95,6 @@ def test_order_select_repeat_is_shown_but_marked(database: Database, audit: Audi
 
 
 class _BrokenAudit:
-    def recently_overridden(self, *args: object) -> bool:
-        raise AuditUnavailable("down")
-
-    def find_recent_order_alert(self, *args: object) -> str | None:
-        raise AuditUnavailable("down")
-
     def alert_history(self, *args: object) -> None:  # the one read apply_alert_policy makes per call
         raise AuditUnavailable("down")
 

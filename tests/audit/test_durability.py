@@ -120,7 +120,7 @@ def test_outage_spools_then_replays_without_loss(open_audit: Callable[..., Audit
     with pytest.raises(AuditUnavailable):
         audit.record_feedback([make_feedback(before[0].cards[0].card_uuid)])
     with pytest.raises(AuditUnavailable):
-        audit.recently_overridden("pat-1", "calcinosis.phosphate.high", before[0].received_at)
+        audit.alert_history("pat-1", ["calcinosis.phosphate.high"], before[0].received_at, [], None)
     assert audit.ping() is False
 
     outage.end()

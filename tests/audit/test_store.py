@@ -83,6 +83,14 @@ def test_a_changed_feedback_item_is_a_new_item(audit: AuditLog, database: Databa
     engine.dispose()
 
 
+def _first_alert(audit: AuditLog, patient: str, rule: str, order_key: str, since: datetime) -> str | None:
+    return audit.alert_history(patient, [], None, [(rule, order_key)], since).first_alerts.get((rule, order_key))
+
+
+def _overridden(audit: AuditLog, patient: str, rule: str, since: datetime) -> bool:
+    return rule in audit.alert_history(patient, [rule], since, [], None).overridden
+
+
 def test_recently_overridden_and_order_alert_lookup(audit: AuditLog) -> None:
     now = datetime.now(UTC)
     first = make_card(order_key="MedicationRequest/draft-1")
@@ -90,22 +98,22 @@ def test_recently_overridden_and_order_alert_lookup(audit: AuditLog) -> None:
     repeat = make_card(order_key="MedicationRequest/draft-1", repeat_of=first.card_uuid)
     audit.record_hook_call(make_call("pat-7", [repeat], hook="order-select", received_at=now - timedelta(minutes=1)))
 
-    found = audit.find_recent_order_alert("pat-7", first.rule_id, "MedicationRequest/draft-1",
+    found = _first_alert(audit, "pat-7", first.rule_id, "MedicationRequest/draft-1",
                                           now - timedelta(minutes=30))
     assert found == first.card_uuid  # the series' first alert, even though the newest match is the repeat
-    assert audit.find_recent_order_alert("pat-7", first.rule_id, "MedicationRequest/other",
+    assert _first_alert(audit, "pat-7", first.rule_id, "MedicationRequest/other",
                                          now - timedelta(minutes=30)) is None
-    assert audit.find_recent_order_alert("pat-8", first.rule_id, "MedicationRequest/draft-1",
+    assert _first_alert(audit, "pat-8", first.rule_id, "MedicationRequest/draft-1",
                                          now - timedelta(minutes=30)) is None
-    assert audit.find_recent_order_alert("pat-7", first.rule_id, "MedicationRequest/draft-1",
+    assert _first_alert(audit, "pat-7", first.rule_id, "MedicationRequest/draft-1",
                                          now - timedelta(seconds=30)) is None
 
-    assert not audit.recently_overridden("pat-7", first.rule_id, now - timedelta(hours=24))
+    assert not _overridden(audit, "pat-7", first.rule_id, now - timedelta(hours=24))
     audit.record_feedback([make_feedback(first.card_uuid, when=now - timedelta(hours=2))])
-    assert audit.recently_overridden("pat-7", first.rule_id, now - timedelta(hours=24))
-    assert not audit.recently_overridden("pat-7", first.rule_id, now - timedelta(hours=1))
-    assert not audit.recently_overridden("pat-8", first.rule_id, now - timedelta(hours=24))
-    assert not audit.recently_overridden("pat-7", "other.rule", now - timedelta(hours=24))
+    assert _overridden(audit, "pat-7", first.rule_id, now - timedelta(hours=24))
+    assert not _overridden(audit, "pat-7", first.rule_id, now - timedelta(hours=1))
+    assert not _overridden(audit, "pat-8", first.rule_id, now - timedelta(hours=24))
+    assert not _overridden(audit, "pat-7", "other.rule", now - timedelta(hours=24))
 
 
 def test_remember_jti_detects_replays_across_instances(open_audit: Callable[..., AuditLog]) -> None:

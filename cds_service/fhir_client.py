@@ -149,7 +149,7 @@ class FhirClient:
             raise FhirAccessError("FHIR server returned an OperationOutcome instead of data")
         if body.get("resourceType") != "Bundle":
             return FetchResult(resources=[body], pages=1)
-        return self._follow(_next_link(body), _bundle_resources(body), pages=1)
+        return self._follow(next_link(body), bundle_resources(body), pages=1)
 
     def fetch_next_pages(self, next_url: str) -> FetchResult:
         """Continue a paged searchset whose first page came in prefetch (CDS Hooks 2.0 allows paged prefetch)."""
@@ -169,13 +169,14 @@ class FhirClient:
             body = self._get_json(next_url)
             if body.get("resourceType") != "Bundle":
                 raise FhirAccessError("FHIR server returned a non-Bundle page")
-            resources.extend(_bundle_resources(body))
+            resources.extend(bundle_resources(body))
             pages += 1
-            next_url = _next_link(body)
+            next_url = next_link(body)
         return FetchResult(resources=resources, pages=pages, truncated=truncated)
 
 
-def _bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The resources of a Bundle's entries; OperationOutcome entries (search warnings) are not data."""
     entries = bundle.get("entry")
     if not isinstance(entries, list):
         return []
@@ -184,13 +185,15 @@ def _bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(entry, dict):
             continue
         resource = entry.get("resource")
-        # A search may include OperationOutcome entries (search.mode = outcome) with warnings: not data.
-        if isinstance(resource, dict) and resource.get("resourceType") not in (None, "OperationOutcome"):
+        # A search may include OperationOutcome entries (search.mode = outcome) with warnings: not data. Anything
+        # else goes on, malformed or not, so the engine can skip it and record why.
+        if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
             resources.append(resource)
     return resources
 
 
-def _next_link(bundle: dict[str, Any]) -> str | None:
+def next_link(bundle: dict[str, Any]) -> str | None:
+    """The URL of a Bundle's ``next`` page link, if any."""
     links = bundle.get("link")
     if not isinstance(links, list):
         return None

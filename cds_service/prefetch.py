@@ -27,7 +27,9 @@ from cds_service.fhir_client import (
     FhirAccessError,
     FhirClient,
     FhirServerNotAllowed,
+    bundle_resources,
     check_server_allowed,
+    next_link,
 )
 from cds_service.hook_models import HookRequest
 from cds_service.metrics import record_fallback_outcome, timed_fallback_fetch
@@ -84,28 +86,12 @@ def _is_operation_outcome(value: dict[str, Any]) -> bool:
 
 
 def _flatten(value: dict[str, Any]) -> list[dict[str, Any]]:
-    """A searchset Bundle's resources, or the single resource; OperationOutcome entries are not data."""
-    if value.get("resourceType") != "Bundle":
-        return [value]
-    entries = value.get("entry")
-    if not isinstance(entries, list):
-        return []
-    out = []
-    for entry in entries:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and not _is_operation_outcome(resource):
-            out.append(resource)
-    return out
+    """A searchset Bundle's resources, or the single resource."""
+    return bundle_resources(value) if value.get("resourceType") == "Bundle" else [value]
 
 
 def _next_link(value: dict[str, Any]) -> str | None:
-    links = value.get("link")
-    if value.get("resourceType") != "Bundle" or not isinstance(links, list):
-        return None
-    for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-            return str(link["url"])
-    return None
+    return next_link(value) if value.get("resourceType") == "Bundle" else None
 
 
 def resolve_prefetch(service: ServiceDefinition, request: HookRequest, settings: Settings,

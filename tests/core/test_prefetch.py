@@ -278,3 +278,10 @@ def test_template_tokens_are_root_level_context_only():
     assert render_template("Patient/{{context.patientId}}", request) == "Patient/p1"
     assert render_template("Encounter/{{context.encounterId}}", request) is None
     assert render_template("X/{{context.draftOrders.id}}", request) is None
+
+
+def test_malformed_entries_reach_the_engine_to_be_recorded_and_outcomes_do_not(settings, executor):
+    prefetch = _complete_prefetch()
+    prefetch["observations"] = _bundle(CA, {"id": "no-type"}, {"resourceType": "OperationOutcome", "issue": []})
+    data = _resolve(_request(prefetch), settings, executor)
+    assert data.resources["observations"] == [CA, {"id": "no-type"}]

@@ -53,6 +53,8 @@ graceful_timeout = 25
 # between the ingress (which terminates TLS, deploy/ingress.yaml) and the pod, ~0.1 ms in-cluster.
 keepalive = 0
 accesslog = None
+# ... and no access-line work at all (gunicorn would still format one for the handler-less logger below).
+logger_class = "cds_service.gunicorn_logging.AppAccessLogOnly"
 errorlog = "-"
 loglevel = os.environ.get("CDS_LOG_LEVEL", "info").lower()
 # gunicorn's own messages (start, worker boot/exit, timeouts) as JSON lines too, so every stdout line parses.
@@ -82,6 +84,13 @@ def on_starting(server: Any) -> None:
     """Master start: prepare the metrics directory, then build the app once to validate everything."""
     prepare_multiprocess_dir()
     check_app_builds(server.log)
+
+
+def post_worker_init(worker: Any) -> None:
+    """A worker has built its app: freeze the start-up objects out of the garbage collector's way (issue #7)."""
+    from cds_service.gc_tuning import tune_for_request_worker
+
+    tune_for_request_worker()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import codecs
 import json
-from itertools import chain, compress, repeat
-from operator import is_
 from typing import Any
 
 import orjson
 from flask import Request
 
 from cds_service.errors import InvalidRequest, ServiceError
+from cds_service.json_depth import depth_exceeds
 
 # FHIR resources nest ~10-15 levels; 64 leaves room for real data while bounding recursive processing.
 MAX_JSON_DEPTH = 64
@@ -30,29 +29,6 @@ _ORJSON_DEPTH_ERRORS = ("depth limit", "recursion limit")
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Iterative depth check (no recursion, so hostile nesting cannot exhaust the stack).
-
-    Walks one nesting level at a time, and within a level only with C-level iterators (``map``, ``compress``,
-    ``chain``): it runs on every hook call, and the per-child Python loop it replaces was the largest single
-    cost of a typical call after the parser (BENCHMARKS.md, issue #7). A scan of the raw bytes for brackets
-    outside strings was measured too and was slower (string stripping dominates). Parsed JSON holds exact
-    ``dict`` and ``list`` objects only, so exact type tests suffice.
-    """
-    dicts: list[Any] = [value] if type(value) is dict else []
-    lists: list[Any] = [value] if type(value) is list else []
-    depth = 1
-    while dicts or lists:
-        if depth > limit:
-            return True
-        children = list(chain(chain.from_iterable(map(dict.values, dicts)), chain.from_iterable(lists)))
-        kinds = list(map(type, children))
-        dicts = list(compress(children, map(is_, kinds, repeat(dict))))
-        lists = list(compress(children, map(is_, kinds, repeat(list))))
-        depth += 1
-    return False
 
 
 def _is_utf8(charset: str) -> bool:
@@ -76,13 +52,14 @@ def _parse_utf8(raw: bytes) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {message[:120]}") from None
 
 
-def _parse_other_charset(raw: bytes, charset: str) -> Any:
+def _parse_other_charset(raw: bytes, charset: str) -> tuple[Any, str]:
+    """The parsed body and its decoded text."""
     try:
         text = raw.decode(charset)
     except (UnicodeError, LookupError):  # UnicodeError: e.g. charset=undefined, idna (fuzz, issue #5)
         raise InvalidRequest("the request body is not valid UTF-8 text") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant), text
     except RecursionError:
         raise InvalidRequest(_TOO_DEEP) from None
     except ValueError as exc:
@@ -100,7 +77,14 @@ def read_json_body(request: Request) -> Any:
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     charset = request.mimetype_params.get("charset", "utf-8")
-    body = _parse_utf8(raw) if _is_utf8(charset) else _parse_other_charset(raw, charset)
-    if _depth_exceeds(body, MAX_JSON_DEPTH):
+    if _is_utf8(charset):
+        body = _parse_utf8(raw)
+        utf8 = raw
+    else:
+        body, text = _parse_other_charset(raw, charset)
+        # Surrogates (only possible from exotic codecs) become non-ASCII bytes; the bracket structure is unchanged.
+        utf8 = text.encode("utf-8", "surrogatepass")
+    # Checked on the UTF-8 bytes once the parser has accepted them: a third of the cost of walking the objects.
+    if depth_exceeds(utf8, MAX_JSON_DEPTH):
         raise InvalidRequest(_TOO_DEEP)
     return body

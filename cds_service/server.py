@@ -71,8 +71,10 @@ def run(settings: Settings) -> None:
         "graceful_timeout": gunicorn_conf.graceful_timeout,
         "keepalive": gunicorn_conf.keepalive,
         "accesslog": None,
+        "logger_class": gunicorn_conf.logger_class,
         "errorlog": "-",
         "child_exit": gunicorn_conf.child_exit,
+        "post_worker_init": gunicorn_conf.post_worker_init,
         "logconfig_dict": gunicorn_conf.logconfig_dict,
     }
     _StandaloneServer(settings, options).run()

@@ -33,6 +33,15 @@ def test_a_body_at_the_depth_limit_parses_and_one_level_more_is_refused() -> Non
     assert "deeper than 64 levels" in str(error)
 
 
+def test_the_depth_limit_holds_for_a_body_in_another_charset_too() -> None:
+    body = b'{"t": "caf\xe9", "n": ' + _nested(MAX_JSON_DEPTH - 1) + b"}"
+    assert read_json_body(_request(body, "application/json; charset=latin-1")) is not None
+    deeper = b'{"t": "caf\xe9", "n": ' + _nested(MAX_JSON_DEPTH) + b"}"
+    error = _error(deeper, "application/json; charset=latin-1")
+    assert error.status == 400
+    assert "deeper than 64 levels" in str(error)
+
+
 def test_orjsons_own_depth_limit_gets_the_same_message() -> None:
     error = _error(_nested(5000))  # orjson stops at 1024 levels, before our walk could run
     assert error.status == 400

@@ -180,16 +180,12 @@ def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     entries = bundle.get("entry")
     if not isinstance(entries, list):
         return []
-    resources = []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        resource = entry.get("resource")
-        # A search may include OperationOutcome entries (search.mode = outcome) with warnings: not data. Anything
-        # else goes on, malformed or not, so the engine can skip it and record why.
-        if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
-            resources.append(resource)
-    return resources
+    # A search may include OperationOutcome entries (search.mode = outcome) with warnings: not data. Anything
+    # else goes on, malformed or not, so the engine can skip it and record why. One comprehension: it runs over
+    # every prefetched entry of every call (issue #7).
+    return [resource for entry in entries
+            if isinstance(entry, dict) and isinstance(resource := entry.get("resource"), dict)
+            and resource.get("resourceType") != "OperationOutcome"]
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:

@@ -6,12 +6,17 @@ nothing here raises. Observations are filtered by code with a dictionary lookup 
 work, so a 5,000-Observation record costs little; strict fhir.resources validation is deliberately
 not used on this path, because it would reject usable real-world data (sandbox/DSTU2 shapes) and
 is too slow for large records.
+
+Speed (issue #7, BENCHMARKS.md): the shapes nearly every record uses (one LOINC coding per lab, a float
+valueQuantity, one plain reference range, one repeated dialysis concept) take short fast paths; everything
+else falls back, before any side effect, to the general lenient code, so answers never depend on which path
+ran (tests/engine/test_extract_equivalence.py and test_extract_fast_paths.py hold them to that).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -23,8 +28,11 @@ from fhir_mappings.facts import (
     PatientFacts,
     ProcedureFact,
     Skipped,
+    new_condition_fact,
+    new_lab_result,
+    new_procedure_fact,
 )
-from fhir_mappings.units import UnknownUnitError, canonical_unit, convert
+from fhir_mappings.units import canonical_unit, unit_rule
 from fhir_mappings.valuesets import (
     CONDITION_VALUESETS,
     LAB_VALUESETS,
@@ -66,6 +74,9 @@ VERIFICATION_POSSIBLE = frozenset({"unconfirmed", "provisional", "differential"}
 PROCEDURE_STATUSES = frozenset({"completed", "in-progress"})
 MEDREQ_STATUSES = frozenset({"active", "on-hold"})
 MEDREQ_INTENTS = frozenset({"order", "original-order", "plan", "instance-order"})
+_COMPARATORS = (">", ">=", "<", "<=")
+_NUMBERS = (float, int)  # exact types: bool, an int subclass, is not a number here (as in _number)
+_UNPARSED = object()
 
 # Section 2.7 CALCIPHYLAXIS_DX: text match on Condition.code.text / coding.display.
 CALCIPHYLAXIS_TEXT = re.compile(r"calciphylaxis|calcific uremic arteriolopathy", re.IGNORECASE)
@@ -83,19 +94,19 @@ def _fast_datetime(value: str) -> datetime | None:
     fraction of the cost (a typical record has ~300 timestamps; BENCHMARKS.md, issue #7). Anything else,
     or anything it rejects, goes through the regex path unchanged.
     """
+    # value[4::3] picks the separator positions 4, 7, 10, 13, 16, 19 (and 22): one slice, one comparison.
     size = len(value)
-    if size < 10 or value[4] != "-" or value[7] != "-":
-        return None
+    if size == 20:
+        if value[4::3] != "--T::Z":
+            return None
+        try:
+            return datetime.fromisoformat(value)  # "Z" gives tzinfo UTC itself: no conversion needed
+        except ValueError:
+            return None
     if size == 10:
-        shape_ok = True
-    elif size == 20:
-        shape_ok = value[10] == "T" and value[13] == ":" and value[16] == ":" and value[19] == "Z"
-    elif size == 25:
-        shape_ok = (value[10] == "T" and value[13] == ":" and value[16] == ":" and value[19] in "+-"
-                    and value[22] == ":")
-    else:
-        return None
-    if not shape_ok:
+        if value[4::3] != "--":
+            return None
+    elif size != 25 or value[4::3] not in ("--T::+:", "--T::-:"):
         return None
     try:
         parsed = datetime.fromisoformat(value)
@@ -147,7 +158,7 @@ def codings_of(concept: object) -> list[tuple[str, str, str]]:
     raw = concept.get("coding")
     items: list[Any] = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else []
     if "code" in concept and "system" in concept:  # a bare Coding
-        items.append(concept)
+        items = [*items, concept]  # a new list: appending to ``raw`` would change the caller's resource
     out: list[tuple[str, str, str]] = []
     for c in items:
         if isinstance(c, dict) and isinstance(c.get("code"), str):
@@ -161,13 +172,16 @@ def codings_of(concept: object) -> list[tuple[str, str, str]]:
     return out
 
 
-def concept_text(concept: object) -> str:
-    """Human text of a CodeableConcept: ``text``, else the first coding display."""
+def concept_text(concept: object, codings: list[tuple[str, str, str]] | None = None) -> str:
+    """Human text of a CodeableConcept: ``text``, else the first coding display.
+
+    ``codings`` is ``codings_of(concept)`` when the caller has it already (saves walking the codings again).
+    """
     if isinstance(concept, dict):
         text = concept.get("text")
         if isinstance(text, str) and text.strip():
             return text.strip()
-    for _s, _c, display in codings_of(concept):
+    for _s, _c, display in codings if codings is not None else codings_of(concept):
         if display:
             return display
     return ""
@@ -177,6 +191,14 @@ def _status_code(value: object) -> str:
     """A status given as a string (DSTU2) or CodeableConcept (R4) -> lower-case code ('' if none)."""
     if isinstance(value, str):
         return value.strip().lower()
+    if type(value) is dict:  # R4: the first coding is the one codings_of would give first
+        coding = value.get("coding")
+        if type(coding) is list and coding:
+            first = coding[0]
+            if type(first) is dict:
+                code = first.get("code")
+                if type(code) is str:
+                    return code.strip().lower()
     for _s, code, _d in codings_of(value):
         return code.strip().lower()
     return ""
@@ -193,12 +215,6 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
-def _period_time(period: object) -> datetime | None:
-    if isinstance(period, dict):
-        return parse_datetime(period.get("end")) or parse_datetime(period.get("start"))
-    return None
-
-
 class _Extractor:
     def __init__(self, index: CodeIndex, now: datetime, include_preliminary: bool, age: float | None):
         self.index = index
@@ -213,22 +229,141 @@ class _Extractor:
         self.medications: list[MedicationFact] = []
         self.report_members: dict[str, set[str]] = {}
         self.medication_resources: dict[str, Mapping[str, Any]] = {}
+        # Per-record memos (issue #7): a panel's results share one timestamp (150 labs of the typical record carry
+        # 28 distinct ones) and 100 dialysis sessions one code. Per call, not per process, so nothing one patient
+        # sent is kept, and the memo is bounded by the record itself.
+        self._times: dict[str, datetime | None] = {}
+        self._last_procedure_concept: object = _UNPARSED  # equal to no concept
+        self._last_procedure_answer: tuple[frozenset[str], str, str] = (frozenset(), "", "")
+        self._lab_kinds: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._condition_text_sets = [vs_id for vs_id in index.text_patterns if vs_id in _COND_SET]
 
     def skip(self, resource: Mapping[str, Any], reason: str) -> None:
         rtype = resource.get("resourceType")
         self.skipped.append(Skipped(rtype if isinstance(rtype, str) else "unknown", _rid(resource), reason))
 
+    def time(self, value: object) -> datetime | None:
+        """``parse_datetime``, memoised per record for strings."""
+        if type(value) is str:
+            parsed = self._times.get(value, _UNPARSED)  # not try/except: a miss raises nothing
+            if parsed is _UNPARSED:
+                parsed = self._times[value] = _parse_time(value)
+            return parsed  # type: ignore[return-value]
+        return None if value is None else parse_datetime(value)
+
+    def period_time(self, period: object) -> datetime | None:
+        """A Period's time: its end, else its start (through the memo)."""
+        if isinstance(period, dict):
+            return self.time(period.get("end")) or self.time(period.get("start"))
+        return None
+
     # -- Observations ---------------------------------------------------------------------------------
     def observation(self, obs: Mapping[str, Any]) -> None:
+        # Fast path (issue #7): nearly every lab codes itself with exactly one Coding of string system and code.
+        # That shape is classified with one memoised lookup; every other shape (several codings, a bare Coding,
+        # wrong types) goes through the general walk below. Both give the same (code, kinds).
+        concept = obs.get("code")
+        if type(concept) is dict and ("code" not in concept or "system" not in concept):
+            coding = concept.get("coding")
+            if type(coding) is list and len(coding) == 1:
+                first = coding[0]
+                if type(first) is dict:
+                    system = first.get("system")
+                    code = first.get("code")
+                    if type(system) is str and type(code) is str:
+                        kinds = self._lab_kinds.get((system, code))
+                        if kinds is None:
+                            kinds = self._lab_kinds[system, code] = self.index.members_within(system, code, _LAB_SET)
+                        if kinds:
+                            self._lab(obs, code, kinds)
+                        return  # not an analyte any rule uses: ignored cheaply
+        self._observation_codes(obs, concept)
+
+    def _observation_codes(self, obs: Mapping[str, Any], concept: object) -> None:
+        """The general classification: every coding, the kinds' union, the first classifying code."""
         kinds: set[str] = set()
         code = ""
-        for system, c, _d in codings_of(obs.get("code")):
+        for system, c, _d in codings_of(concept):
             found = self.index.members(system, c) & _LAB_SET
             if found and not kinds:
                 code = c
             kinds |= found
         if not kinds:
             return  # not an analyte any rule uses: ignore cheaply
+        self._lab(obs, code, tuple(sorted(kinds)))
+
+    def _lab(self, obs: Mapping[str, Any], code: str, kinds: tuple[str, ...]) -> None:
+        """An Observation of the lab value sets ``kinds`` (sorted): eligibility, value, time, unit, range.
+
+        Fast path (issue #7): the shape nearly every lab has (string status and id, a valueQuantity object with a
+        numeric value and string code and unit, no comparator or dataAbsentReason, an effectiveDateTime that
+        parses, an accepted unit, at most one plain reference range in the same unit) is read with plain
+        subscripts, ~2x cheaper than ``dict.get``. Anything else, including every case that is skipped or
+        excluded for a reason other than status, goes to ``_lab_lenient`` before any side effect, so the
+        answer is the lenient one.
+        """
+        try:
+            status = obs["status"]
+            quantity = obs["valueQuantity"]
+            raw = quantity["value"]
+            unit_code = quantity["code"]
+            unit_text = quantity["unit"]
+            effective = obs["effectiveDateTime"]
+            rid = obs["id"]
+        except (KeyError, TypeError):  # a field is missing, or valueQuantity is not an object
+            self._lab_lenient(obs, code, kinds)
+            return
+        if (type(quantity) is not dict or type(raw) not in _NUMBERS or type(unit_code) is not str
+                or type(unit_text) is not str or type(rid) is not str
+                or "dataAbsentReason" in obs or "comparator" in quantity):
+            self._lab_lenient(obs, code, kinds)
+            return
+        if type(status) is not str or status not in self.statuses:
+            return  # as the lenient path: status is its first check
+        value = float(raw)  # an int too large for a float raises here, as in the lenient path: "malformed ..."
+        when = self.time(effective)
+        analyte = KIND_ANALYTE[kinds[0]]
+        rule = unit_rule(analyte, unit_code, unit_text)
+        if when is None or rule is None:
+            self._lab_lenient(obs, code, kinds)
+            return
+        multiply, divide = rule.multiply, rule.divide
+        low = high = None
+        ranges = obs.get("referenceRange")
+        if ranges is not None:
+            same_unit = False
+            if type(ranges) is list and len(ranges) == 1:
+                only = ranges[0]
+                if type(only) is dict and "age" not in only and "appliesTo" not in only:
+                    # The single plain range _reference_range would choose; both bounds in the result's own unit
+                    # spelling convert by the result's rule (unit_rule would return that same rule).
+                    try:
+                        low_q = only["low"]
+                        high_q = only["high"]
+                        low_v = low_q["value"]
+                        high_v = high_q["value"]
+                        same_unit = (type(low_q) is dict and type(high_q) is dict and type(low_v) in _NUMBERS
+                                     and type(high_v) in _NUMBERS and low_q["code"] == unit_code
+                                     and low_q["unit"] == unit_text and high_q["code"] == unit_code
+                                     and high_q["unit"] == unit_text)
+                    except (KeyError, TypeError):
+                        pass
+            if same_unit:  # float() as _number does (an int bound too large for a float raises the same way)
+                low = float(low_v) * multiply / divide
+                high = float(high_v) * multiply / divide
+            else:
+                low, high = self._reference_range(ranges, analyte, unit_code, unit_text)
+        specimen = obs.get("specimen")
+        spec_ref = specimen.get("reference") if type(specimen) is dict else None
+        if type(spec_ref) is not str:
+            spec_ref = ""
+        self._add_labs(kinds, analyte, value=value,
+                       normalized=value * multiply / divide,  # = UnitRule.apply: same operations, same order
+                       original_unit=unit_code or unit_text, when=when, rid=rid, code=code, comparator="",
+                       uncertain=False, specimen=spec_ref, low=low, high=high, status=status)
+
+    def _lab_lenient(self, obs: Mapping[str, Any], code: str, kinds: tuple[str, ...]) -> None:
+        """``_lab`` for any shape: every field checked, malformed ones skipped and recorded (section 2.1)."""
         status = obs.get("status")
         if not isinstance(status, str) or status not in self.statuses:
             return  # ineligible status (entered-in-error, preliminary by default, ...): excluded
@@ -245,47 +380,49 @@ class _Extractor:
             self.skip(obs, "valueQuantity.value is not a number")
             return
         when = (
-            parse_datetime(obs.get("effectiveDateTime"))
-            or _period_time(obs.get("effectivePeriod"))
-            or parse_datetime(obs.get("effectiveInstant"))
+            self.time(obs.get("effectiveDateTime"))
+            or self.period_time(obs.get("effectivePeriod"))
+            or self.time(obs.get("effectiveInstant"))
         )
         uncertain = False
         if when is None:
-            when = parse_datetime(obs.get("issued"))
+            when = self.time(obs.get("issued"))
             uncertain = True
         if when is None:
             self.skip(obs, "no usable effective time")
             return
-        kind = sorted(kinds)[0]
-        analyte = KIND_ANALYTE[kind]
+        analyte = KIND_ANALYTE[kinds[0]]
         unit_code = quantity.get("code") if isinstance(quantity.get("code"), str) else None
         unit_text = quantity.get("unit") if isinstance(quantity.get("unit"), str) else None
-        try:
-            normalized = convert(analyte, value, unit_code, unit_text)
-        except UnknownUnitError:
+        rule = unit_rule(analyte, unit_code, unit_text)
+        if rule is None:
             self.skip(obs, f"unit {unit_code or unit_text or '(none)'!r} not accepted for {analyte}")
             return
-        comparator = quantity.get("comparator") if quantity.get("comparator") in (">", ">=", "<", "<=") else ""
-        low, high = self._reference_range(obs, analyte, unit_code, unit_text)
+        comparator = quantity.get("comparator") if quantity.get("comparator") in _COMPARATORS else ""
+        low, high = self._reference_range(obs.get("referenceRange"), analyte, unit_code, unit_text)
         specimen = obs.get("specimen")
         spec_ref = specimen.get("reference") if isinstance(specimen, dict) else None
-        rid = _rid(obs)
-        for k in sorted(kinds):
-            self.labs.append(
-                LabResult(
-                    analyte=KIND_ANALYTE[k], kind=k, value=normalized, unit=_canonical(analyte),
-                    original_value=value, original_unit=unit_code or unit_text or "",
-                    time=when, resource_type="Observation", resource_id=rid, code=code,
-                    comparator=str(comparator), time_uncertain=uncertain,
-                    specimen=spec_ref if isinstance(spec_ref, str) else "",
-                    ref_low=low, ref_high=high, status=status,
-                )
-            )
+        self._add_labs(kinds, analyte, value=value, normalized=rule.apply(value),
+                       original_unit=unit_code or unit_text or "", when=when, rid=_rid(obs), code=code,
+                       comparator=str(comparator), uncertain=uncertain,
+                       specimen=spec_ref if isinstance(spec_ref, str) else "", low=low, high=high, status=status)
+
+    def _add_labs(
+        self, kinds: tuple[str, ...], analyte: str, *, value: float, normalized: float, original_unit: str,
+        when: datetime, rid: str, code: str, comparator: str, uncertain: bool, specimen: str, low: float | None,
+        high: float | None, status: str,
+    ) -> None:
+        """One LabResult per kind; value and unit are those of the first kind's analyte (as always)."""
+        unit = canonical_unit(analyte)
+        for kind in kinds:
+            self.labs.append(new_lab_result(
+                KIND_ANALYTE[kind], kind, normalized, unit, value, original_unit, when, "Observation", rid, code,
+                comparator, uncertain, specimen, low, high, status,
+            ))
 
     def _reference_range(
-        self, obs: Mapping[str, Any], analyte: str, unit_code: str | None, unit_text: str | None
+        self, ranges: object, analyte: str, unit_code: str | None, unit_text: str | None
     ) -> tuple[float | None, float | None]:
-        ranges = obs.get("referenceRange")
         if not isinstance(ranges, list):
             return None, None
         chosen: Mapping[str, Any] | None = None
@@ -319,10 +456,8 @@ class _Extractor:
         text = q.get("unit") if isinstance(q.get("unit"), str) else None
         if code is None and text is None:  # a bare range is in the result's own unit
             code, text = unit_code, unit_text
-        try:
-            return convert(analyte, value, code, text)
-        except UnknownUnitError:
-            return None
+        rule = unit_rule(analyte, code, text)
+        return None if rule is None else rule.apply(value)
 
     # -- Conditions ---------------------------------------------------------------------------------------
     def condition(self, cond: Mapping[str, Any]) -> None:
@@ -332,11 +467,12 @@ class _Extractor:
             return
         codings = codings_of(concept)
         groups = self.index.codings_in((s, c) for s, c, _d in codings) & _COND_SET
-        text = " ".join([concept_text(concept)] + [d for _s, _c, d in codings])
+        display = concept_text(concept, codings)
+        text = " ".join([display] + [d for _s, _c, d in codings])
         if CALCIPHYLAXIS_TEXT.search(text):
             groups.add("cond-calciphylaxis")
-        for vs_id in self.index.text_patterns:  # condition value sets with a text fallback
-            if vs_id in _COND_SET and vs_id not in groups and self.index.text_matches(vs_id, text):
+        for vs_id in self._condition_text_sets:  # condition value sets with a text fallback
+            if vs_id not in groups and self.index.text_matches(vs_id, text):
                 groups.add(vs_id)
         if not groups:
             return
@@ -349,39 +485,49 @@ class _Extractor:
         if self._abated(cond):
             return
         established = bool(clinical) and verification not in VERIFICATION_POSSIBLE
-        onset = parse_datetime(cond.get("onsetDateTime")) or _period_time(cond.get("onsetPeriod"))
-        recorded = parse_datetime(cond.get("recordedDate")) or parse_datetime(cond.get("dateRecorded"))
+        onset = self.time(cond.get("onsetDateTime")) or self.period_time(cond.get("onsetPeriod"))
+        recorded = self.time(cond.get("recordedDate")) or self.time(cond.get("dateRecorded"))
         first = codings[0] if codings else ("", "", "")
-        fact = ConditionFact(
-            groups=frozenset(groups), code=first[1], system=first[0],
-            display=concept_text(concept) or first[2], established=established,
-            time=onset or recorded, resource_id=_rid(cond), recorded=recorded,
+        fact = new_condition_fact(
+            frozenset(groups), first[1], first[0], display or first[2], established, onset or recorded, _rid(cond),
+            recorded,
         )
         (self.conditions if established else self.possible).append(fact)
 
     def _abated(self, cond: Mapping[str, Any]) -> bool:
         if cond.get("abatementBoolean") is True:
             return True
-        when = parse_datetime(cond.get("abatementDateTime")) or _period_time(cond.get("abatementPeriod"))
+        when = self.time(cond.get("abatementDateTime")) or self.period_time(cond.get("abatementPeriod"))
         if when is not None:
             return when <= self.now
         return any(cond.get(k) is not None for k in ("abatementString", "abatementAge", "abatementRange"))
 
     # -- Procedures ---------------------------------------------------------------------------------------
     def procedure(self, proc: Mapping[str, Any]) -> None:
-        codings = codings_of(proc.get("code"))
-        groups = self.index.codings_in((s, c) for s, c, _d in codings) & _PROC_SET
+        concept = proc.get("code")
+        # What a concept means (value sets, first code, display) depends on its content only. A record repeats
+        # one dialysis concept for every session, so the previous answer is reused while the concept is equal
+        # (a C-level comparison); any other concept takes the general walk (issue #7).
+        if concept == self._last_procedure_concept:
+            groups, first_code, display = self._last_procedure_answer
+        else:
+            codings = codings_of(concept)
+            groups = frozenset(self.index.codings_in((s, c) for s, c, _d in codings) & _PROC_SET)
+            first_code = codings[0][1] if codings else ""
+            display = concept_text(concept, codings)
+            self._last_procedure_concept = concept
+            self._last_procedure_answer = (groups, first_code, display)
         if not groups:
             return
         if proc.get("status") not in PROCEDURE_STATUSES:
             return
-        when = parse_datetime(proc.get("performedDateTime")) or _period_time(proc.get("performedPeriod"))
-        self.procedures.append(
-            ProcedureFact(
-                groups=frozenset(groups), code=codings[0][1], display=concept_text(proc.get("code")),
-                time=when, resource_id=_rid(proc),
-            )
-        )
+        # Session times differ, so they are parsed directly rather than through the per-record memo.
+        when = _parse_time(proc.get("performedDateTime"))
+        if when is None:
+            period = proc.get("performedPeriod")
+            if isinstance(period, dict):
+                when = _parse_time(period.get("end")) or _parse_time(period.get("start"))
+        self.procedures.append(new_procedure_fact(groups, first_code, display, when, _rid(proc)))
 
     # -- Medications ----------------------------------------------------------------------------------------
     def medication(self, med: Mapping[str, Any]) -> None:
@@ -402,8 +548,15 @@ class _Extractor:
             self.medications.append(MedicationFact(frozenset(classes), name, rtype, _rid(med)))
 
 
-def _canonical(analyte: str) -> str:
-    return canonical_unit(analyte)
+def _parse_time(value: object) -> datetime | None:
+    """``parse_datetime`` with the commonest shape (``YYYY-MM-DDThh:mm:ssZ``) handled inline: one call less per
+    timestamp on the hot path (~300 per typical record). Same answer: this is ``_fast_datetime``'s first case."""
+    if type(value) is str and len(value) == 20 and value[4::3] == "--T::Z":
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return None if value is None else parse_datetime(value)
 
 
 def medication_concepts(
@@ -471,26 +624,7 @@ def extract(
         patient_id = _rid(patient)
     facts0 = PatientFacts(now=now, patient_id=patient_id, birth_date=birth, gender=gender or "")
     ex = _Extractor(index, now, include_preliminary, facts0.age_years())
-    items: Sequence[object] = list(resources)
-    usable: list[Mapping[str, Any]] = []
-    for res in items:
-        if not isinstance(res, dict):
-            ex.skipped.append(Skipped("unknown", "", "not a JSON object"))
-            continue
-        rtype = res.get("resourceType")
-        if not isinstance(rtype, str):
-            ex.skipped.append(Skipped("unknown", _rid(res), "no resourceType"))
-            continue
-        if rtype == "Medication" and _rid(res):
-            ex.medication_resources[_rid(res)] = res
-        elif rtype == "DiagnosticReport":
-            for ref in res.get("result") or []:
-                if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-                    ex.report_members.setdefault(ref["reference"], set()).add(_rid(res))
-        elif rtype == "Patient" and patient is None and not patient_id:
-            patient_id = _rid(res)
-        usable.append(res)
-    handlers = {
+    handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
         "Observation": ex.observation,
         "Condition": ex.condition,
         "Procedure": ex.procedure,
@@ -498,10 +632,29 @@ def extract(
         "MedicationOrder": ex.medication,
         "MedicationStatement": ex.medication,
     }
-    for res in usable:
-        handler = handlers.get(str(res.get("resourceType")))
-        if handler is None:
+    # First pass: shapes, Medication resources and DiagnosticReport members (the handlers need them all);
+    # the handler of each resource is picked here so the second pass is only the calls.
+    work: list[tuple[Callable[[Mapping[str, Any]], None], Mapping[str, Any]]] = []
+    for res in list(resources):
+        if not isinstance(res, dict):
+            ex.skipped.append(Skipped("unknown", "", "not a JSON object"))
             continue
+        rtype = res.get("resourceType")
+        if not isinstance(rtype, str):
+            ex.skipped.append(Skipped("unknown", _rid(res), "no resourceType"))
+            continue
+        handler = handlers.get(rtype)
+        if handler is not None:
+            work.append((handler, res))
+        elif rtype == "Medication" and _rid(res):
+            ex.medication_resources[_rid(res)] = res
+        elif rtype == "DiagnosticReport":
+            for ref in res.get("result") or []:
+                if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                    ex.report_members.setdefault(ref["reference"], set()).add(_rid(res))
+        elif rtype == "Patient" and patient is None and not patient_id:
+            patient_id = _rid(res)
+    for handler, res in work:
         try:
             handler(res)
         except Exception as exc:  # one malformed resource must never fail the whole evaluation

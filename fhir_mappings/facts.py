@@ -60,6 +60,35 @@ class LabResult:
         return self.value <= threshold if inclusive else self.value < threshold
 
 
+_new_instance = object.__new__
+_set_attribute = object.__setattr__
+_NO_REPORTS: frozenset[str] = frozenset()
+
+
+def new_lab_result(
+    analyte: str, kind: str, value: float, unit: str, original_value: float, original_unit: str, time: datetime,
+    resource_type: str, resource_id: str, code: str, comparator: str, time_uncertain: bool, specimen: str,
+    ref_low: float | None, ref_high: float | None, status: str,
+) -> LabResult:
+    """``LabResult(...)`` with no reports, built ~3x faster for the extraction hot path (issue #7).
+
+    A frozen dataclass's ``__init__`` sets each of the 17 fields with ``object.__setattr__`` (~2.3 us per result,
+    0.35 ms of a 150-lab record); this fills the instance ``__dict__`` in one step with the same keys in the same
+    order, so the object is indistinguishable (equality, hash, repr, ``vars``, still frozen);
+    ``test_extract_fast_paths.py`` checks that against ``LabResult(...)`` and that no field is missing. The price
+    is memory: a full dictionary instead of CPython's inline attribute values, ~300 bytes more per result
+    (1.5 MB for a 5,000-lab record, next to the ~100 MB its parsed JSON takes).
+    """
+    obj = _new_instance(LabResult)
+    _set_attribute(obj, "__dict__", {
+        "analyte": analyte, "kind": kind, "value": value, "unit": unit, "original_value": original_value,
+        "original_unit": original_unit, "time": time, "resource_type": resource_type, "resource_id": resource_id,
+        "code": code, "comparator": comparator, "time_uncertain": time_uncertain, "specimen": specimen,
+        "reports": _NO_REPORTS, "ref_low": ref_low, "ref_high": ref_high, "status": status,
+    })
+    return obj
+
+
 @dataclass(frozen=True)
 class ConditionFact:
     """An active (clinicalStatus active/recurrence/relapse), non-refuted Condition."""
@@ -83,6 +112,28 @@ class ProcedureFact:
     display: str
     time: datetime | None
     resource_id: str
+
+
+def new_condition_fact(
+    groups: frozenset[str], code: str, system: str, display: str, established: bool, time: datetime | None,
+    resource_id: str, recorded: datetime | None,
+) -> ConditionFact:
+    """``ConditionFact(...)`` without the frozen ``__init__``'s per-field calls (see ``new_lab_result``)."""
+    obj = _new_instance(ConditionFact)
+    _set_attribute(obj, "__dict__", {
+        "groups": groups, "code": code, "system": system, "display": display, "established": established,
+        "time": time, "resource_id": resource_id, "recorded": recorded})
+    return obj
+
+
+def new_procedure_fact(
+    groups: frozenset[str], code: str, display: str, time: datetime | None, resource_id: str
+) -> ProcedureFact:
+    """``ProcedureFact(...)`` without the frozen ``__init__``'s per-field calls (see ``new_lab_result``)."""
+    obj = _new_instance(ProcedureFact)
+    _set_attribute(obj, "__dict__", {
+        "groups": groups, "code": code, "display": display, "time": time, "resource_id": resource_id})
+    return obj
 
 
 @dataclass(frozen=True)
@@ -147,10 +198,34 @@ class PatientFacts:
     skipped: tuple[Skipped, ...] = field(default_factory=tuple)
 
     def results(self, *kinds: str) -> list[LabResult]:
-        """Results of the given kinds (value set ids), newest first."""
-        found = [r for r in self.labs if r.kind in kinds]
-        found.sort(key=lambda r: r.time, reverse=True)
-        return found
+        """Results of the given kinds (value set ids), newest first (a new list the caller may change).
+
+        Memoised per ``kinds`` on this instance: the states and rules ask ~20 times per evaluation, each a pass
+        over every lab (100,000 steps for a 5,000-lab record; issue #7). The facts are immutable, so the answer
+        cannot change; the memo lives outside the dataclass fields (no effect on equality, repr or ``replace``).
+        """
+        memo: dict[tuple[str, ...], list[LabResult]] | None = self.__dict__.get("_results_memo")
+        if memo is None:
+            # One pass groups every lab by kind (in record order), then each group gets the same stable sort.
+            memo = {}
+            for lab in self.labs:
+                group = memo.get((lab.kind,))
+                if group is None:
+                    memo[(lab.kind,)] = [lab]
+                else:
+                    group.append(lab)
+            for group in memo.values():
+                group.sort(key=_lab_time, reverse=True)
+            _set_attribute(self, "_results_memo", memo)
+        found = memo.get(kinds)
+        if found is None:
+            if len(kinds) == 1:
+                found = []  # no lab of that kind
+            else:  # several kinds: filter in record order, then the same stable sort
+                found = [r for r in self.labs if r.kind in kinds]
+                found.sort(key=_lab_time, reverse=True)
+            memo[kinds] = found
+        return list(found)
 
     def has_condition(self, *groups: str) -> bool:
         """True when an established active condition belongs to any of ``groups``."""
@@ -178,3 +253,7 @@ class PatientFacts:
         except ValueError:  # 29 February
             last = date(anniversary_year, 3, 1)
         return years + (today - last).days / 366.0
+
+
+def _lab_time(result: LabResult) -> datetime:
+    return result.time

@@ -87,7 +87,7 @@ def convert(analyte: str, value: float, code: str | None, unit: str | None = Non
 
     Matching is case-insensitive (section 2.2). Raises UnknownUnitError when neither matches.
     """
-    rule = _rule_for(analyte, code, unit)
+    rule = unit_rule(analyte, code, unit)
     if rule is None:
         if analyte not in unit_table():
             raise UnknownUnitError(f"no unit table for analyte {analyte!r}")
@@ -96,9 +96,13 @@ def convert(analyte: str, value: float, code: str | None, unit: str | None = Non
 
 
 @lru_cache(maxsize=4096)
-def _rule_for(analyte: str, code: str | None, unit: str | None) -> UnitRule | None:
+def unit_rule(analyte: str, code: str | None, unit: str | None) -> UnitRule | None:
     """The accepted rule for (analyte, UCUM code, display unit), or None; memoised because a record repeats the
-    same few unit spellings for every result and reference range (BENCHMARKS.md, issue #7)."""
+    same few unit spellings for every result and reference range (BENCHMARKS.md, issue #7).
+
+    ``convert`` is this plus ``rule.apply`` and the error; the extraction hot path calls it directly so that an
+    unknown unit costs no exception.
+    """
     spec = unit_table().get(analyte)
     if spec is None:
         return None

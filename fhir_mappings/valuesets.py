@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -99,6 +99,12 @@ class CodeIndex:
     # code is resolved once per process (BENCHMARKS.md, issue #7). Bounded: codes come from the request.
     _memo: dict[tuple[object, object], frozenset[str]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    # value set id -> (pattern count, one matcher for all its text patterns); see _text_matcher.
+    _text_matchers: dict[str, tuple[int, Callable[[str], bool]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    # (system, code, restriction) -> sorted ids: what the extractors ask per resource (issue #7).
+    _within_memo: dict[tuple[object, object, frozenset[str]], tuple[str, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def members(self, system: object, code: object) -> frozenset[str]:
         """Ids of every value set containing (system, code), memoised; empty when none."""
@@ -115,9 +121,30 @@ class CodeIndex:
         self._memo[key] = found
         return found
 
+    def members_within(self, system: object, code: object, within: frozenset[str]) -> tuple[str, ...]:
+        """Sorted ids of the value sets in ``within`` containing (system, code), memoised; () when none.
+
+        Equal to ``tuple(sorted(self.members(system, code) & within))``: one dictionary lookup for the
+        question every Observation asks ("which lab value sets is this code in?").
+        """
+        key = (system, code, within)
+        try:
+            return self._within_memo[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable input: answer without memoising
+            return tuple(sorted(self.members(system, code) & within))
+        found = tuple(sorted(self.members(system, code) & within))
+        if len(self._within_memo) >= _MEMO_LIMIT:
+            self._within_memo.clear()  # bounded like _memo
+        self._within_memo[key] = found
+        return found
+
     def forget_lookups(self) -> None:
         """Drop memoised lookups (call after changing the index)."""
         self._memo.clear()
+        self._within_memo.clear()
+        self._text_matchers.clear()
 
     def _lookup(self, system: object, code: object) -> frozenset[str]:
         if not isinstance(code, str) or not code.strip():
@@ -147,11 +174,50 @@ class CodeIndex:
 
     def text_matches(self, valueset_id: str, text: str) -> bool:
         """True when ``text`` matches one of the value set's text-pattern regexes."""
-        return any(p.search(text) for p in self.text_patterns.get(valueset_id, ()))
+        patterns = self.text_patterns.get(valueset_id, ())
+        entry = self._text_matchers.get(valueset_id)
+        if entry is None or entry[0] != len(patterns):  # built lazily; rebuilt when patterns were added
+            entry = self._text_matchers[valueset_id] = (len(patterns), _text_matcher(patterns))
+        return entry[1](text)
 
     def codes_of(self, valueset_id: str, system: str) -> list[str]:
         """Enumerated codes of one system in a value set (sorted), e.g. LOINCs for a prefetch query."""
         return sorted(c for (s, c), ids in self.by_code.items() if s == system and valueset_id in ids)
+
+
+# Constructs whose meaning depends on group numbers, which shift when patterns are joined into one alternation.
+_GROUP_NUMBER_REFERENCE = re.compile(r"\\[1-9]|\(\?P=|\(\?\(")
+
+
+def _text_matcher(patterns: Sequence[re.Pattern[str]]) -> Callable[[str], bool]:
+    """One callable answering ``any(p.search(text) for p in patterns)``.
+
+    The medication value sets have up to 13 patterns each and a text-only medication is tried against all of them
+    (~45 searches per drug). One search of the alternation ``(?:p1)|(?:p2)|...`` answers the same question: a
+    match of the alternation at some position is a match of one alternative there, and back again. Patterns are
+    joined only when that holds exactly: same flags, no back-references or conditionals on group numbers; else
+    they are searched one by one as before (issue #7).
+    """
+    if not patterns:
+        return _no_match
+    if len(patterns) == 1:
+        only = patterns[0]
+        return lambda text: only.search(text) is not None
+    flags = patterns[0].flags
+    if all(
+        p.flags == flags and not _GROUP_NUMBER_REFERENCE.search(p.pattern) for p in patterns
+    ):
+        try:
+            joined = re.compile("|".join(f"(?:{p.pattern})" for p in patterns), flags)
+        except re.error:
+            pass
+        else:
+            return lambda text: joined.search(text) is not None
+    return lambda text: any(p.search(text) for p in patterns)
+
+
+def _no_match(_text: str) -> bool:
+    return False
 
 
 def _add_valueset(index: CodeIndex, vs_id: str, resource: Mapping[str, Any]) -> None:

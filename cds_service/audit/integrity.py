@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, select, text
 
 from cds_service.audit.chain import CHAIN_LOCK_KEY, GENESIS_HASH, ChainAppender, link_hash, row_content
-from cds_service.audit.db import WRITE_OPTION, is_postgres
+from cds_service.audit.db import WRITE_OPTION, is_postgres, sqlite_writer_lock
 from cds_service.audit.records import as_utc
 from cds_service.audit.schema import CHAINED_TABLES, chain_head, checkpoints, client_jti
 
@@ -102,7 +102,7 @@ def purge_before(engine: Engine, before: datetime) -> PurgeResult:
     together. The checkpoint stores the hash of the last purged record, from which ``verify`` continues.
     """
     cutoff = as_utc(before)
-    with engine.connect() as connection:
+    with engine.connect() as connection, sqlite_writer_lock(engine):
         connection.execution_options(**{WRITE_OPTION: True})
         with connection.begin():
             if is_postgres(engine):

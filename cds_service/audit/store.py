@@ -17,13 +17,13 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, exists, func, select, text
+from sqlalchemy import Connection, Engine, exists, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
@@ -34,15 +34,19 @@ from cds_service.audit.db import (
     check_schema,
     create_audit_engine,
     is_postgres,
+    sqlite_writer_lock,
     upgrade_schema,
 )
+from cds_service.audit.group_commit import GroupCommit
+from cds_service.audit.hotpath import CallRows, HotPath
 from cds_service.audit.records import FeedbackRecord, HookCallRecord, SpooledCall, as_utc
-from cds_service.audit.schema import calls, cards, client_jti, feedback
+from cds_service.audit.schema import cards, client_jti, feedback
 from cds_service.audit.spool import Spool
 from cds_service.config import Settings
 from cds_service.metrics import record_audit_failure
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # After a failed write, go straight to the spool for this long instead of waiting on a dead database
 # in every request; then try again.
@@ -50,6 +54,9 @@ RETRY_AFTER_S = 2.0
 # How often (at most) a successful write looks at the spool to start a background replay.
 SPOOL_CHECK_INTERVAL_S = 5.0
 REPLAY_BATCH = 500
+# How long a hook call waits for the group commit holding its record before it spools the record instead
+# (as long as SQLite's busy timeout: a writer that waited that long has failed anyway).
+GROUP_COMMIT_TIMEOUT_S = 10.0
 JTI_CLEANUP_EVERY = 256
 
 
@@ -80,6 +87,8 @@ class AuditLog:
     def __init__(self, settings: Settings, engine: Engine, *, create_schema: bool) -> None:
         self._settings = settings
         self._engine = engine
+        self._hot = HotPath(engine)
+        self._group: GroupCommit[CallRows] = GroupCommit(self._hot.append, _is_transient, GROUP_COMMIT_TIMEOUT_S)
         self._create_schema = create_schema
         self._spool = Spool(settings.spool_dir)
         self._schema_ready = False
@@ -129,10 +138,13 @@ class AuditLog:
 
     def ping(self) -> bool:
         """True when the database answers and has the expected schema (for /readyz)."""
-        try:
-            self._ensure_schema()
+        def select_one() -> None:
             with self._engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
+
+        try:
+            self._ensure_schema()
+            _once_more_if_stale(select_one)
         except (SQLAlchemyError, AuditSchemaError, OSError):
             return False
         return True
@@ -202,53 +214,18 @@ class AuditLog:
         return stored
 
     def _store_call(self, spooled: SpooledCall, *, fresh: bool = False) -> bool:
-        """Insert a call and its cards in one chained transaction; False if it was already stored.
+        """Insert a call and its cards as the next links of the chain, committed; False if already stored.
 
-        ``fresh``: the record uuid was just generated, so it cannot be stored yet and the idempotency lookup
-        (needed for spool replays) is skipped. The unique constraint on record_uuid still guards it.
+        ``fresh``: the record uuid was just generated, so it cannot be stored yet: no idempotency lookup
+        (needed for spool replays; the unique constraint on record_uuid still guards it), and the record joins
+        this process's group commit. Both run on the hot path (prepared SQL on the DB-API connection; issue #7).
         """
         self._ensure_schema()
-        record = spooled.record
-        with self._write_transaction() as (connection, chain):
-            if not fresh:
-                already = connection.execute(
-                    select(calls.c.id).where(calls.c.record_uuid == spooled.record_uuid)
-                ).first()
-                if already is not None:
-                    return False
-            call_id = chain.append("calls", {
-                "record_uuid": spooled.record_uuid,
-                "hook_instance": record.hook_instance,
-                "service_id": record.service_id,
-                "hook": record.hook,
-                "patient_id": record.patient_id,
-                "user_id": record.user_id,
-                "encounter_id": record.encounter_id,
-                "client_iss": record.client_iss,
-                "client_tenant": record.client_tenant,
-                "client_jti": record.client_jti,
-                "received_at": as_utc(record.received_at),
-                "duration_ms": float(record.duration_ms),
-                "http_status": int(record.http_status),
-                "data_sources": json_safe(record.data_sources),
-                "skipped_resources": json_safe(record.skipped_resources),
-                "rules_evaluated": json_safe(record.rules_evaluated),
-                "error": record.error,
-            })
-            chain.append_many("cards", [{
-                "call_id": call_id,
-                "card_uuid": card.card_uuid,
-                "rule_id": card.rule_id,
-                "rule_version": card.rule_version,
-                "indicator": card.indicator,
-                "summary": card.summary,
-                "evidence": json_safe(card.evidence),
-                "suggestion_uuids": json_safe(card.suggestion_uuids),
-                "disposition": card.disposition,
-                "order_key": card.order_key,
-                "repeat_of": card.repeat_of,
-            } for card in record.cards])
-        return True
+        rows = _call_rows(spooled)
+        if fresh:
+            self._group.submit(rows)
+            return True
+        return bool(self._hot.append(lambda: [rows], skip_stored=True))
 
     # ----------------------------------------------------------------------------------------- feedback
     def record_feedback(self, items: list[FeedbackRecord]) -> None:
@@ -261,31 +238,35 @@ class AuditLog:
             self.replay_spool()
         try:
             self._ensure_schema()
-            with self._write_transaction() as (connection, chain):
-                for item in items:
-                    key = feedback_item_key(item)
-                    if connection.execute(select(feedback.c.id).where(feedback.c.item_key == key)).first():
-                        continue
-                    card_known = connection.execute(
-                        select(exists().where(cards.c.card_uuid == item.card_uuid))
-                    ).scalar_one()
-                    chain.append("feedback", {
-                        "item_key": key,
-                        "service_id": item.service_id,
-                        "card_uuid": item.card_uuid,
-                        "card_known": bool(card_known),
-                        "outcome": item.outcome,
-                        "accepted_suggestions": json_safe(item.accepted_suggestions),
-                        "override_code": item.override_code,
-                        "override_system": item.override_system,
-                        "override_display": item.override_display,
-                        "override_comment": item.override_comment,
-                        "outcome_timestamp": as_utc(item.outcome_timestamp),
-                    })
+            # Idempotent by item key, so running it again after a stale pooled connection is safe.
+            _once_more_if_stale(lambda: self._store_feedback(items))
         except (SQLAlchemyError, AuditSchemaError, OSError) as exc:
             self._mark_down(exc, "feedback")
             raise AuditUnavailable("the audit database cannot store feedback now") from exc
         self._after_successful_write()
+
+    def _store_feedback(self, items: list[FeedbackRecord]) -> None:
+        with self._write_transaction() as (connection, chain):
+            for item in items:
+                key = feedback_item_key(item)
+                if connection.execute(select(feedback.c.id).where(feedback.c.item_key == key)).first():
+                    continue
+                card_known = connection.execute(
+                    select(exists().where(cards.c.card_uuid == item.card_uuid))
+                ).scalar_one()
+                chain.append("feedback", {
+                    "item_key": key,
+                    "service_id": item.service_id,
+                    "card_uuid": item.card_uuid,
+                    "card_known": bool(card_known),
+                    "outcome": item.outcome,
+                    "accepted_suggestions": json_safe(item.accepted_suggestions),
+                    "override_code": item.override_code,
+                    "override_system": item.override_system,
+                    "override_display": item.override_display,
+                    "override_comment": item.override_comment,
+                    "outcome_timestamp": as_utc(item.outcome_timestamp),
+                })
 
     # ----------------------------------------------------------------------------------------- policy reads
     def alert_history(self, patient_id: str, rule_ids: Collection[str], overridden_since: datetime | None,
@@ -297,63 +278,27 @@ class AuditLog:
         - ``first_alerts``: for each (rule id, order key) in ``order_alerts``, the card uuid that started the
           series of alerts shown for that draft order since ``orders_since`` (None: do not ask).
 
-        One pooled connection and at most two queries per hook call, however many cards (issue #7).
+        One pooled connection and at most two queries per hook call, however many cards, on the hot path's
+        prepared SQL (issue #7).
         """
-        overridden: set[str] = set()
-        first_alerts: dict[tuple[str, str], str] = {}
         ask_overridden = overridden_since is not None and bool(rule_ids)
         ask_orders = orders_since is not None and bool(order_alerts)
         if not ask_overridden and not ask_orders:
             return AlertHistory(frozenset(), {})
-        with self._reading() as connection:
-            if ask_overridden and overridden_since is not None:
-                overridden = self._overridden_rules(connection, patient_id, rule_ids, overridden_since)
-            if ask_orders and orders_since is not None:
-                first_alerts = self._first_order_alerts(connection, patient_id, order_alerts, orders_since)
+        self._fail_fast_while_down()
+        try:
+            self._ensure_schema()
+            # The suppression read starts at the overrides inside the window (index on feedback (outcome,
+            # outcome_timestamp), migration 0002) -> cards by uuid -> calls by id, with no rule_id filter in
+            # SQL on purpose: with one, SQLite drove the join from the rule_id index, i.e. every card of those
+            # rules for ALL patients (4.7 ms per call after 3,000 calls). The few rules are filtered in Python.
+            overridden, first_alerts = self._hot.alert_history(
+                patient_id, rule_ids, overridden_since if ask_overridden else None,
+                order_alerts, orders_since if ask_orders else None)
+        except (SQLAlchemyError, AuditSchemaError, OSError) as exc:
+            self._mark_down(exc, "read")
+            raise AuditUnavailable("the audit database cannot answer now") from exc
         return AlertHistory(frozenset(overridden), first_alerts)
-
-    @staticmethod
-    def _overridden_rules(connection: Connection, patient_id: str, rule_ids: Collection[str],
-                          since: datetime) -> set[str]:
-        # The plan starts at the overrides inside the window (index on feedback (outcome, outcome_timestamp),
-        # migration 0002) -> cards by uuid -> calls by id. No rule_id filter in SQL on purpose: with one,
-        # SQLite drove the join from the rule_id index, i.e. every card of those rules for ALL patients
-        # (4.7 ms per call after 3,000 calls, growing without bound). The few rules are filtered here.
-        query = (
-            select(cards.c.rule_id).distinct()
-            .select_from(feedback.join(cards, cards.c.card_uuid == feedback.c.card_uuid)
-                         .join(calls, calls.c.id == cards.c.call_id))
-            .where(and_(
-                feedback.c.outcome == "overridden",
-                feedback.c.outcome_timestamp >= as_utc(since),
-                calls.c.patient_id == patient_id,
-            ))
-        )
-        wanted = set(rule_ids)
-        return {str(rule_id) for rule_id in connection.execute(query).scalars() if rule_id in wanted}
-
-    @staticmethod
-    def _first_order_alerts(connection: Connection, patient_id: str, wanted: Collection[tuple[str, str]],
-                            since: datetime) -> dict[tuple[str, str], str]:
-        pairs = set(wanted)
-        query = (
-            select(cards.c.rule_id, cards.c.order_key, func.coalesce(cards.c.repeat_of, cards.c.card_uuid))
-            .select_from(cards.join(calls, calls.c.id == cards.c.call_id))
-            .where(and_(
-                cards.c.disposition == "shown",
-                cards.c.rule_id.in_(sorted({rule for rule, _key in pairs})),
-                cards.c.order_key.in_(sorted({key for _rule, key in pairs})),
-                calls.c.patient_id == patient_id,
-                calls.c.received_at >= as_utc(since),
-            ))
-            .order_by(calls.c.received_at.desc(), cards.c.id.desc())
-        )
-        found: dict[tuple[str, str], str] = {}
-        for rule_id, order_key, series_uuid in connection.execute(query):
-            pair = (str(rule_id), str(order_key))
-            if pair in pairs and pair not in found:  # newest first: the first row per pair decides
-                found[pair] = str(series_uuid)
-        return found
 
     # ----------------------------------------------------------------------------------------- jti cache
     def remember_jti(self, iss: str, jti: str, expires_at: datetime) -> bool:
@@ -366,25 +311,30 @@ class AuditLog:
         self._fail_fast_while_down()
         try:
             self._ensure_schema()
-            with self._engine.connect() as connection:
-                connection.execution_options(**{WRITE_OPTION: True})
-                with connection.begin():
-                    insert = postgresql.insert if is_postgres(self._engine) else sqlite.insert
-                    result = connection.execute(
-                        insert(client_jti).values(**values).on_conflict_do_nothing(
-                            index_elements=[client_jti.c.iss, client_jti.c.jti]
-                        ).returning(client_jti.c.jti)
-                    )
-                    # RETURNING yields the row only when it was inserted (rowcount is unreliable here).
-                    first_seen = result.first() is not None
-                    self._jti_calls += 1
-                    if self._jti_calls % JTI_CLEANUP_EVERY == 0:
-                        # Expired ids can no longer be replayed (the token is rejected on exp), so drop them.
-                        connection.execute(client_jti.delete().where(
-                            client_jti.c.expires_at < datetime.now(UTC) - timedelta(hours=1)))
+            # Repeating is safe but for one corner: a commit whose acknowledgement was lost with the connection
+            # makes the retry see the jti as a replay, and the EHR retries that call with a new token.
+            return _once_more_if_stale(lambda: self._claim_jti(values))
         except (SQLAlchemyError, AuditSchemaError, OSError) as exc:
             self._mark_down(exc, "jti cache")
             raise AuditUnavailable("the jti replay cache in the audit database is unavailable") from exc
+
+    def _claim_jti(self, values: dict[str, Any]) -> bool:
+        with self._engine.connect() as connection, sqlite_writer_lock(self._engine):
+            connection.execution_options(**{WRITE_OPTION: True})
+            with connection.begin():
+                insert = postgresql.insert if is_postgres(self._engine) else sqlite.insert
+                result = connection.execute(
+                    insert(client_jti).values(**values).on_conflict_do_nothing(
+                        index_elements=[client_jti.c.iss, client_jti.c.jti]
+                    ).returning(client_jti.c.jti)
+                )
+                # RETURNING yields the row only when it was inserted (rowcount is unreliable here).
+                first_seen = result.first() is not None
+                self._jti_calls += 1
+                if self._jti_calls % JTI_CLEANUP_EVERY == 0:
+                    # Expired ids can no longer be replayed (the token is rejected on exp), so drop them.
+                    connection.execute(client_jti.delete().where(
+                        client_jti.c.expires_at < datetime.now(UTC) - timedelta(hours=1)))
         return first_seen
 
     # ----------------------------------------------------------------------------------------- internals
@@ -403,7 +353,7 @@ class AuditLog:
     @contextmanager
     def _write_transaction(self) -> Iterator[tuple[Connection, ChainAppender]]:
         """A transaction holding the chain lock, with an appender positioned at the chain head."""
-        with self._engine.connect() as connection:
+        with self._engine.connect() as connection, sqlite_writer_lock(self._engine):
             connection.execution_options(**{WRITE_OPTION: True})
             with connection.begin():
                 if is_postgres(self._engine):
@@ -411,17 +361,6 @@ class AuditLog:
                 chain = ChainAppender(connection, datetime.now(UTC))
                 yield connection, chain
                 chain.finish()
-
-    @contextmanager
-    def _reading(self) -> Iterator[Connection]:
-        self._fail_fast_while_down()
-        try:
-            self._ensure_schema()
-            with self._engine.connect() as connection:
-                yield connection
-        except (SQLAlchemyError, AuditSchemaError, OSError) as exc:
-            self._mark_down(exc, "read")
-            raise AuditUnavailable("the audit database cannot answer now") from exc
 
     def _fail_fast_while_down(self) -> None:
         # Within the back-off after a failure, do not make every request wait on a dead database again
@@ -455,6 +394,58 @@ class AuditLog:
             self._replay_lock.release()
 
 
+def _call_rows(spooled: SpooledCall) -> CallRows:
+    """The column values of a hook call and its cards (JSON values made ``json_safe``)."""
+    record = spooled.record
+    call = {
+        "record_uuid": spooled.record_uuid,
+        "hook_instance": record.hook_instance,
+        "service_id": record.service_id,
+        "hook": record.hook,
+        "patient_id": record.patient_id,
+        "user_id": record.user_id,
+        "encounter_id": record.encounter_id,
+        "client_iss": record.client_iss,
+        "client_tenant": record.client_tenant,
+        "client_jti": record.client_jti,
+        "received_at": as_utc(record.received_at),
+        "duration_ms": float(record.duration_ms),
+        "http_status": int(record.http_status),
+        "data_sources": json_safe(record.data_sources),
+        "skipped_resources": json_safe(record.skipped_resources),
+        "rules_evaluated": json_safe(record.rules_evaluated),
+        "error": record.error,
+    }
+    card_rows = [{
+        "card_uuid": card.card_uuid,
+        "rule_id": card.rule_id,
+        "rule_version": card.rule_version,
+        "indicator": card.indicator,
+        "summary": card.summary,
+        "evidence": json_safe(card.evidence),
+        "suggestion_uuids": json_safe(card.suggestion_uuids),
+        "disposition": card.disposition,
+        "order_key": card.order_key,
+        "repeat_of": card.repeat_of,
+    } for card in record.cards]
+    return CallRows(spooled.record_uuid, call, card_rows)
+
+
+def _once_more_if_stale(operation: Callable[[], _T]) -> _T:
+    """Run ``operation``; once more if it failed on a dead pooled connection (the database restarted).
+
+    Without ``pool_pre_ping`` (one round trip per checkout, issue #7) a connection left over from before a
+    restart fails on first use; SQLAlchemy then invalidates every older pooled connection, so the second run
+    gets a fresh one. Only for operations that are safe to repeat.
+    """
+    try:
+        return operation()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return operation()
+
+
 def _reset_after_fork(reference: weakref.ref[AuditLog]) -> None:
     audit = reference()
     if audit is None:
@@ -462,6 +453,7 @@ def _reset_after_fork(reference: weakref.ref[AuditLog]) -> None:
     audit._engine.dispose(close=False)  # drop the parent's connections without closing them under it
     audit._schema_lock = threading.Lock()
     audit._replay_lock = threading.Lock()
+    audit._group.reset_after_fork()
 
 
 def feedback_item_key(item: FeedbackRecord) -> str:

@@ -6,9 +6,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select, text
+import psycopg
+import pytest
+from sqlalchemy import Engine, create_engine, event, func, select, text
 
-from cds_service.audit import CardRecord, FeedbackRecord, HookCallRecord
+from cds_service.audit import AuditLog, CardRecord, FeedbackRecord, HookCallRecord
 from cds_service.audit.db import normalise_url
 from cds_service.audit.schema import calls, cards, feedback
 
@@ -94,3 +96,32 @@ def execute(engine: Engine, statement: str, **params: Any) -> None:
     """Run raw SQL out of band (the way an attacker with database access would)."""
     with engine.begin() as connection:
         connection.execute(text(statement), params)
+
+
+def capture_driver_statements(audit: AuditLog, backend: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every SQL statement the audit log sends from now on, at the DB-API level.
+
+    The hot path bypasses SQLAlchemy's events, so SQLite's trace callback and psycopg's execute methods are
+    watched instead (SQLite traces each row of an executemany).
+    """
+    statements: list[str] = []
+    if backend == "sqlite":
+        def trace(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+            dbapi_connection.set_trace_callback(statements.append)
+
+        event.listen(audit.engine, "checkout", trace)
+        return statements
+    original_execute = psycopg.Connection.execute
+    original_many = psycopg.Cursor.executemany
+
+    def traced_execute(self: psycopg.Connection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return original_execute(self, query, *args, **kwargs)
+
+    def traced_executemany(self: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))
+        return original_many(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", traced_execute)
+    monkeypatch.setattr(psycopg.Cursor, "executemany", traced_executemany)
+    return statements

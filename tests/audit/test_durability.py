@@ -21,7 +21,7 @@ from cds_service.audit import AuditLog, AuditUnavailable, store
 from cds_service.audit.integrity import verify_chain
 from cds_service.audit.records import SpooledCall, call_from_json, call_to_json
 from cds_service.audit.schema import calls, cards
-from cds_service.audit.spool import Spool
+from cds_service.audit.spool import STALE_TMP_SECONDS, Spool
 from tests.audit.conftest import Database, require_postgres
 from tests.audit.factories import SECRET_LAB_VALUE, engine_for, make_call, make_card, make_feedback
 from tests.audit.pgproxy import TcpProxy
@@ -43,7 +43,12 @@ def _free_port() -> int:
 
 
 def _spooled(database: Database) -> list[Path]:
-    return sorted(database.settings().spool_dir.glob("*.call.json"))
+    """The records waiting in the spool, by the spool's own rule (temporaries of unfinished writes excluded)."""
+    return Spool(database.settings().spool_dir).pending()
+
+
+def _temporaries(database: Database) -> list[Path]:
+    return sorted(database.settings().spool_dir.glob(".tmp-*"))
 
 
 def _stored_instances(url: str) -> list[str]:
@@ -255,6 +260,15 @@ def test_spooled_records_survive_kill_9(database: Database, tmp_path: Path) -> N
         stored = set(_stored_instances(database.url))
         assert set(acknowledged) <= stored
         assert not _spooled(database)
+        # SIGKILL can land inside a write: that record was never renamed into place, so never acknowledged, and
+        # its temporary stays until it is stale (a live writer may still own a fresh one).
+        for temporary in _temporaries(database):
+            unfinished = temporary.read_bytes()  # possibly truncated mid-write
+            assert not [instance for instance in acknowledged if instance.encode() in unfinished]
+            stale = time.time() - STALE_TMP_SECONDS - 1
+            os.utime(temporary, (stale, stale))
+        Spool(database.settings().spool_dir).remove_stale_temporaries()
+        assert not _temporaries(database)
     finally:
         audit.close()
 

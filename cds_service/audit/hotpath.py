@@ -1,0 +1,424 @@
+"""The two audit operations of every hook call, on the DB-API connection with SQL prepared once (issue #7).
+
+Per call the service reads the alert history (suppression, order dedup) and appends the call and its cards to
+the chain. Through SQLAlchemy Core every statement was built, cache-keyed and given an execution context per
+call, which was most of the audit's 2.6 ms of CPU per typical call (8 M instructions; BENCHMARKS.md). Here the
+SQL text and the per-column conversions are derived once from the same ``Table`` objects and run on the pooled
+DB-API connection. Everything else (feedback, export, purge, queries, migrations) stays on SQLAlchemy Core.
+
+What is stored is what Core stores, so both paths read back and verify alike (tests/audit/test_hotpath.py):
+``UtcDateTime`` is naive UTC in SQLAlchemy's SQLite text format and an aware ``timestamptz`` on PostgreSQL;
+JSON columns hold ``json.dumps`` text (SQLite) or a psycopg ``Json`` (PostgreSQL), as SQLAlchemy sends them.
+Hashes are those of :func:`cds_service.audit.chain.link_hash` over the same row content as before (computed by
+``link_hash_plain``, which skips the normalising walk the ``json_safe`` content does not need).
+
+Driver errors leave here as SQLAlchemy's wrapped classes (``OperationalError``, ``IntegrityError``, ...) without
+statement parameters, so the callers' transient/permanent classification is unchanged. There is no
+``pool_pre_ping`` any more (one round trip per checkout): a pooled connection that turns out to be dead (the
+database restarted) is invalidated and the operation is retried once on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Engine, Table, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from cds_service.audit.chain import CHAIN_LOCK_KEY, link_hash_plain
+from cds_service.audit.db import is_postgres, sqlite_writer_lock
+from cds_service.audit.records import as_utc
+from cds_service.audit.schema import UtcDateTime, calls, cards
+
+# How often a pooled connection has been checked out (by any code path) since it was opened: on the first
+# checkout it was just opened, so its failure is a real one; after that it may be stale.
+_CHECKOUTS = "cds_checkouts"
+# SQLAlchemy's SQLite DATETIME storage format (sqlalchemy.dialects.sqlite.DATETIME), applied to naive UTC.
+_SQLITE_TIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+# Rows written in the single PostgreSQL statement of a batch; beyond this (far more than any rule set and group
+# commit give) they go in executemany calls of their own.
+_MAX_CALLS_PER_STATEMENT = 16
+_MAX_CARDS_PER_STATEMENT = 100
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    """A datetime as SQLAlchemy's ``UtcDateTime`` stores it in SQLite (naive UTC text, microseconds)."""
+    if value is None:
+        return None
+    utc = as_utc(value)
+    return _SQLITE_TIME % (utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond)
+
+
+def _pg_time(value: datetime | None) -> datetime | None:
+    """A datetime as ``UtcDateTime`` binds it on PostgreSQL (aware UTC, stored as timestamptz)."""
+    return None if value is None else as_utc(value)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class _Insert:
+    """``INSERT INTO table (every column) VALUES (...)`` with one converter per column."""
+
+    def __init__(self, table: Table, placeholder: str, to_time: Callable[[Any], Any],
+                 to_json: Callable[[Any], Any]) -> None:
+        self.columns = [column.name for column in table.columns]
+        # The hashed content is every column except record_hash (chain.row_content), in table order.
+        self.content_columns = [name for name in self.columns if name != "record_hash"]
+        self.converters: list[Callable[[Any], Any]] = []
+        for column in table.columns:
+            if isinstance(column.type, UtcDateTime):
+                self.converters.append(to_time)
+            elif isinstance(column.type, JSON):
+                self.converters.append(to_json)
+            elif column.type.python_type in (int, float, str, bool):
+                self.converters.append(_identity)
+            else:  # pragma: no cover - a new column type must be taught here, not silently mis-stored
+                raise TypeError(f"hot path cannot bind {table.name}.{column.name} ({column.type!r})")
+        # Only names from schema.py and placeholders are interpolated into SQL here and below, never values.
+        self._table = table.name
+        self._values = f"({', '.join([placeholder] * len(self.columns))})"
+        self.sql = self.multi_row_sql(1)
+
+    def multi_row_sql(self, rows: int) -> str:
+        """``INSERT`` of ``rows`` rows in one statement."""
+        values = ", ".join([self._values] * rows)
+        return f"INSERT INTO {self._table} ({', '.join(self.columns)}) VALUES {values}"  # noqa: S608
+
+    def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        """The row's values in column order, converted for the driver."""
+        return tuple(convert(row.get(name)) for name, convert in zip(self.columns, self.converters, strict=True))
+
+
+@dataclass(frozen=True)
+class CallRows:
+    """One hook call for the chain: its ``calls`` column values and its cards' (JSON values ``json_safe``).
+
+    ``id``, ``call_id``, ``recorded_at`` and ``record_hash`` are filled in when it is appended.
+    """
+
+    record_uuid: str
+    call: dict[str, Any]
+    cards: list[dict[str, Any]]
+
+
+class HotPath:
+    """Append a hook call with its cards, and read the alert history, on one engine's pooled connections."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect
+        self._postgres = is_postgres(engine)
+        dbapi = self._dialect.loaded_dbapi
+        self._dbapi_error: type[Exception] = dbapi.Error
+        if self._postgres:
+            from psycopg.types.json import Json  # only installed where PostgreSQL is used
+
+            mark = "%s"
+            to_time: Callable[[Any], Any] = _pg_time
+            to_json: Callable[[Any], Any] = Json  # what SQLAlchemy's psycopg dialect binds for JSON
+        else:
+            mark = "?"
+            to_time = _sqlite_time
+            to_json = json.dumps  # what SQLAlchemy's JSON type stores on SQLite (default serializer)
+        self._mark = mark
+        self._to_time = to_time
+        self._insert_call = _Insert(calls, mark, to_time, to_json)
+        self._insert_card = _Insert(cards, mark, to_time, to_json)
+        self._sql_head = "SELECT last_seq, last_hash FROM chain_head WHERE id = 1"
+        self._sql_move_head = f"UPDATE chain_head SET last_seq = {mark}, last_hash = {mark} WHERE id = 1"  # noqa: S608
+        self._sql_lock = f"SELECT pg_advisory_xact_lock({mark})"
+        self._sql_exists = f"SELECT id FROM calls WHERE record_uuid = {mark}"  # noqa: S608
+        # The same statements and join order as the Core queries they replace (why: AuditLog.alert_history).
+        self._sql_overridden = (
+            "SELECT DISTINCT cards.rule_id FROM feedback"  # noqa: S608
+            " JOIN cards ON cards.card_uuid = feedback.card_uuid JOIN calls ON calls.id = cards.call_id"
+            f" WHERE feedback.outcome = 'overridden' AND feedback.outcome_timestamp >= {mark}"
+            f" AND calls.patient_id = {mark}"
+        )
+        self._sql_first_alerts: dict[tuple[int, int], str] = {}
+        self._sql_append: dict[tuple[int, int], str] = {}
+        event.listen(engine, "connect", _count_from_zero)
+        event.listen(engine, "checkout", _count_checkout)
+
+    # ----------------------------------------------------------------------------------------- write
+    def append(self, collect: Callable[[], Sequence[CallRows]], *, skip_stored: bool = False) -> list[CallRows]:
+        """Append calls with their cards as the next links of the chain, in one committed transaction.
+
+        ``collect`` is called once, when the chain's write lock is held, and returns the calls to write (group
+        commit hands in everything queued up to then; group_commit.py). ``skip_stored`` leaves out record
+        uuids that are already stored (spool replays; a freshly generated uuid cannot be). Returns the calls
+        written.
+        """
+        batch: list[CallRows] | None = None
+
+        def rows() -> list[CallRows]:  # the same batch again if a stale connection makes us start over
+            nonlocal batch
+            if batch is None:
+                batch = list(collect())
+            return batch
+
+        append = self._append_postgres if self._postgres else self._append_sqlite
+        with self._connection() as lease:
+            while True:
+                try:
+                    return append(lease.proxied.driver_connection, rows, skip_stored)
+                except self._dbapi_error as exc:
+                    lease.retry(exc)
+
+    def _links(self, head: tuple[Any, Any], batch: Sequence[CallRows]
+               ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int, str]:
+        """The batch as the links after ``head``: (call params, card params, last id, last hash).
+
+        Each call is followed by its cards, in the order handed in, exactly as single appends would chain them.
+        """
+        last_seq, last_hash = int(head[0]), str(head[1])
+        recorded_at = datetime.now(UTC)
+        call_params: list[tuple[Any, ...]] = []
+        card_params: list[tuple[Any, ...]] = []
+        for item in batch:
+            call_row = dict(item.call, id=last_seq + 1, recorded_at=recorded_at)
+            last_seq, last_hash = self._link("calls", self._insert_call, call_row, last_hash)
+            call_params.append(self._insert_call.parameters(call_row))
+            for values in item.cards:
+                card_row = dict(values, id=last_seq + 1, call_id=call_row["id"], recorded_at=recorded_at)
+                last_seq, last_hash = self._link("cards", self._insert_card, card_row, last_hash)
+                card_params.append(self._insert_card.parameters(card_row))
+        return call_params, card_params, last_seq, last_hash
+
+    @staticmethod
+    def _link(table_name: str, insert: _Insert, row: dict[str, Any], previous_hash: str) -> tuple[int, str]:
+        content = {name: row.get(name) for name in insert.content_columns}
+        row["record_hash"] = link_hash_plain(table_name, content, previous_hash)
+        return int(row["id"]), str(row["record_hash"])
+
+    def _append_sqlite(self, connection: Any, rows: Callable[[], list[CallRows]], skip_stored: bool
+                       ) -> list[CallRows]:
+        # The kernel lock first: a waiting writer sleeps in flock() and wakes when the lock is free, instead of
+        # polling in SQLite's busy handler (1..100 ms naps) while the CPU idles (issue #7, BENCHMARKS.md).
+        # BEGIN IMMEDIATE then takes SQLite's own write lock, which is what guarantees the chain order.
+        with sqlite_writer_lock(self._engine):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                batch = rows()
+                if skip_stored:
+                    batch = [item for item in batch
+                             if connection.execute(self._sql_exists, (item.record_uuid,)).fetchone() is None]
+                if not batch:
+                    connection.execute("ROLLBACK")
+                    return []
+                head = connection.execute(self._sql_head).fetchone()
+                call_params, card_params, last_seq, last_hash = self._links(head, batch)
+                connection.executemany(self._insert_call.sql, call_params)
+                if card_params:
+                    connection.executemany(self._insert_card.sql, card_params)
+                connection.execute(self._sql_move_head, (last_seq, last_hash))
+                connection.execute("COMMIT")
+            except BaseException:
+                with suppress(self._dbapi_error):  # keep the original error; a dead connection is discarded
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                raise
+        return batch
+
+    def _append_postgres(self, connection: Any, rows: Callable[[], list[CallRows]], skip_stored: bool
+                         ) -> list[CallRows]:
+        # Two round trips in pipeline mode: (BEGIN, chain lock, head) and (one statement inserting the calls
+        # and their cards and moving the head, COMMIT); psycopg prepares the statements after five runs.
+        # The head SELECT is a statement of its own after the lock, so its snapshot sees the last commit of
+        # whoever held the lock before (READ COMMITTED takes a snapshot per statement). The advisory lock is
+        # held for the hashing between the two round trips and the commit, nothing more.
+        try:
+            with connection.pipeline():
+                connection.execute(self._sql_lock, (CHAIN_LOCK_KEY,))
+                head = connection.execute(self._sql_head).fetchone()  # the first round trip
+                batch = rows()
+                if skip_stored:  # spool replays only: one more round trip
+                    found = [connection.execute(self._sql_exists, (item.record_uuid,)) for item in batch]
+                    batch = [item for item, cursor in zip(batch, found, strict=True) if cursor.fetchone() is None]
+                if not batch:
+                    connection.rollback()
+                    return []
+                call_params, card_params, last_seq, last_hash = self._links(head, batch)
+                if len(call_params) <= _MAX_CALLS_PER_STATEMENT and len(card_params) <= _MAX_CARDS_PER_STATEMENT:
+                    parameters: list[Any] = []
+                    for params in (*call_params, *card_params):
+                        parameters.extend(params)
+                    parameters.extend((last_seq, last_hash))
+                    connection.execute(self._sql_append_postgres(len(call_params), len(card_params)), parameters)
+                else:  # PostgreSQL takes at most 65,535 parameters per statement
+                    with connection.cursor() as cursor:
+                        cursor.executemany(self._insert_call.sql, call_params)
+                        if card_params:
+                            cursor.executemany(self._insert_card.sql, card_params)
+                    connection.execute(self._sql_move_head, (last_seq, last_hash))
+                connection.commit()  # the second round trip
+        except BaseException:
+            with suppress(self._dbapi_error):  # keep the original error; a dead connection is discarded
+                connection.rollback()
+            raise
+        return batch
+
+    def _sql_append_postgres(self, call_count: int, card_count: int) -> str:
+        """One statement for the calls, their cards and the chain head (data-modifying CTEs; one Bind/Execute)."""
+        sql = self._sql_append.get((call_count, card_count))
+        if sql is None:
+            call, card = self._insert_call, self._insert_card
+            parts = [f"new_calls AS ({call.multi_row_sql(call_count)})"]
+            if card_count:
+                parts.append(f"new_cards AS ({card.multi_row_sql(card_count)})")
+            sql = f"WITH {', '.join(parts)} {self._sql_move_head}"
+            self._sql_append[(call_count, card_count)] = sql  # bounded by the two limits above
+        return sql
+
+    # ----------------------------------------------------------------------------------------- read
+    def alert_history(self, patient_id: str, rule_ids: Collection[str], overridden_since: datetime | None,
+                      order_alerts: Collection[tuple[str, str]], orders_since: datetime | None
+                      ) -> tuple[set[str], dict[tuple[str, str], str]]:
+        """(rules overridden for the patient since ..., first alert uuid per (rule, order key) since ...).
+
+        Semantics as ``AuditLog.alert_history``, which calls this; ``None`` for a ``since`` skips that read.
+        """
+        with self._connection() as lease:
+            while True:
+                try:
+                    return self._history(lease.proxied.driver_connection, patient_id, rule_ids,
+                                         overridden_since, order_alerts, orders_since)
+                except self._dbapi_error as exc:
+                    lease.retry(exc)
+
+    def _history(self, connection: Any, patient_id: str, rule_ids: Collection[str],
+                 overridden_since: datetime | None, order_alerts: Collection[tuple[str, str]],
+                 orders_since: datetime | None) -> tuple[set[str], dict[tuple[str, str], str]]:
+        overridden: set[str] = set()
+        first_alerts: dict[tuple[str, str], str] = {}
+        if self._postgres:
+            # Autocommit for the reads: no BEGIN and no ROLLBACK round trip around two SELECTs.
+            connection.autocommit = True
+        try:
+            if overridden_since is not None and rule_ids:
+                wanted = set(rule_ids)
+                rows = self._select(connection, self._sql_overridden, (self._to_time(overridden_since), patient_id))
+                overridden = {str(row[0]) for row in rows if row[0] in wanted}
+            if orders_since is not None and order_alerts:
+                pairs = set(order_alerts)
+                rules = sorted({rule for rule, _key in pairs})
+                keys = sorted({key for _rule, key in pairs})
+                sql = self._first_alerts_sql(len(rules), len(keys))
+                rows = self._select(connection, sql, (*rules, *keys, patient_id, self._to_time(orders_since)))
+                for rule_id, order_key, series_uuid in rows:
+                    pair = (str(rule_id), str(order_key))
+                    if pair in pairs:  # one row per (rule, order key): its newest shown card
+                        first_alerts[pair] = str(series_uuid)
+        finally:
+            if self._postgres:
+                with suppress(self._dbapi_error):  # a broken connection is discarded by the pool anyway
+                    connection.autocommit = False
+        return overridden, first_alerts
+
+    def _select(self, connection: Any, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        if self._postgres:
+            # Planned for the actual values every time (~0.1 ms of server CPU), never as a cached generic plan:
+            # psycopg prepares a statement after 5 runs and PostgreSQL may then keep a generic plan made while
+            # the tables were small, e.g. starting from the patient's calls, which grows with the patient's
+            # history (1.7 ms of server CPU per call after 1,000 calls of one patient, measured). With the
+            # values the planner picks the cheaper start: overrides in the window, or this patient's calls.
+            return list(connection.execute(sql, parameters, prepare=False).fetchall())
+        return list(connection.execute(sql, parameters).fetchall())
+
+    def _first_alerts_sql(self, rule_count: int, key_count: int) -> str:
+        sql = self._sql_first_alerts.get((rule_count, key_count))
+        if sql is None:
+            mark = self._mark
+            # Only the newest shown card per (rule, draft order) leaves the database (row_number() = 1): order-select
+            # fires on every change of an order form, so one draft can collect many shown cards in the window, and
+            # turning them all into Python rows grew with each call (issue #7). SQLite >= 3.25 and PostgreSQL both
+            # have window functions.
+            sql = (
+                "SELECT rule_id, order_key, series FROM ("  # noqa: S608
+                "SELECT cards.rule_id AS rule_id, cards.order_key AS order_key,"
+                " coalesce(cards.repeat_of, cards.card_uuid) AS series,"
+                " row_number() OVER (PARTITION BY cards.rule_id, cards.order_key"
+                " ORDER BY calls.received_at DESC, cards.id DESC) AS newest"
+                " FROM cards JOIN calls ON calls.id = cards.call_id"
+                " WHERE cards.disposition = 'shown'"
+                f" AND cards.rule_id IN ({', '.join([mark] * rule_count)})"
+                f" AND cards.order_key IN ({', '.join([mark] * key_count)})"
+                f" AND calls.patient_id = {mark} AND calls.received_at >= {mark}"
+                ") AS ranked WHERE newest = 1"
+            )
+            if len(self._sql_first_alerts) < 256:  # a handful of shapes in practice; bounded anyway
+                self._sql_first_alerts[(rule_count, key_count)] = sql
+        return sql
+
+    @contextmanager
+    def _connection(self) -> Iterator[_Lease]:
+        """A pooled connection for one operation, returned to the pool afterwards."""
+        lease = _Lease(self)
+        try:
+            yield lease
+        finally:
+            lease.proxied.close()
+
+    def _checkout(self) -> PoolProxiedConnection:
+        try:
+            return self._engine.raw_connection()
+        except self._dbapi_error as exc:
+            raise self._wrap(exc, disconnect=True) from exc
+
+    def _wrap(self, exc: Exception, *, disconnect: bool) -> BaseException:
+        """SQLAlchemy's class for a driver error, without statement or parameters (they can hold PHI)."""
+        return DBAPIError.instance(None, None, exc, self._dbapi_error, hide_parameters=True,
+                                   connection_invalidated=disconnect, dialect=self._dialect)
+
+    def _is_disconnect(self, exc: Exception, proxied: PoolProxiedConnection) -> bool:
+        driver = proxied.driver_connection
+        if self._postgres:
+            return bool(driver is None or driver.closed or driver.broken)
+        return bool(self._dialect.is_disconnect(exc, driver, None))  # type: ignore[arg-type]
+
+
+def _count_from_zero(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info[_CHECKOUTS] = 0
+
+
+def _count_checkout(_dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+    record.info[_CHECKOUTS] = record.info.get(_CHECKOUTS, 0) + 1
+
+
+class _Lease:
+    """The connection one hot-path operation runs on, replaced at most once when it turns out stale."""
+
+    def __init__(self, hot_path: HotPath) -> None:
+        self._hot_path = hot_path
+        self.proxied = hot_path._checkout()
+        self._pooled = self.proxied.info.get(_CHECKOUTS, 0) > 1
+        self._retried = False
+
+    def retry(self, exc: Exception) -> None:
+        """After ``exc``: switch to a fresh connection if the pooled one was stale, else raise ``exc`` wrapped.
+
+        A connection that came out of the pool (not opened for this checkout) and now reports a lost connection
+        is left over from before a database restart; that is no outage, so the operation runs once more on a
+        fresh connection instead of spooling (what ``pool_pre_ping`` did, without its round trip per checkout).
+        """
+        hot_path = self._hot_path
+        disconnect = hot_path._is_disconnect(exc, self.proxied)
+        if disconnect:
+            # Like SQLAlchemy's own handling of a disconnect: every pooled connection opened before now is
+            # replaced at its next checkout (after a restart they are all dead), not only this one.
+            hot_path._engine.pool._invalidate(self.proxied, exc)
+        if not (disconnect and self._pooled and not self._retried):
+            raise hot_path._wrap(exc, disconnect=disconnect) from exc
+        self._retried = True
+        fresh = hot_path._checkout()  # if this fails, the stale one is still ours and is closed by the caller
+        self.proxied.close()
+        self.proxied = fresh
+        self._pooled = fresh.info.get(_CHECKOUTS, 0) > 1

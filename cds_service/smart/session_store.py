@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Column, Float, MetaData, String, Table, Text, create_engine, delete, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from cds_service.smart.pkce import same_secret
 
@@ -43,7 +45,12 @@ class SessionStore:
             path.touch(mode=0o600)
         self._engine: Engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 10})
         event.listen(self._engine, "connect", _sqlite_pragmas)
-        _metadata.create_all(self._engine)
+        # IF NOT EXISTS, not create_all's check-then-create: gunicorn workers open the store at the same moment,
+        # and the loser of that race died with "table smart_session already exists" (seen in the kill test).
+        with self._engine.begin() as connection:
+            connection.execute(CreateTable(_sessions, if_not_exists=True))
+            for index in _sessions.indexes:
+                connection.execute(CreateIndex(index, if_not_exists=True))
         self._lock = threading.Lock()
 
     @staticmethod
@@ -83,9 +90,20 @@ class SessionStore:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # concurrent readers while a worker writes
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+    try:
+        cursor.execute("PRAGMA busy_timeout=10000")
+        # Concurrent readers while a worker writes. Switching a new file to WAL needs an exclusive lock that
+        # SQLite does not wait for, so workers opening the store at once retry briefly (kill test, issue #7).
+        for attempt in range(50):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.02)
+    finally:
+        cursor.close()
 
 
 def default_store_path(data_dir: str) -> Path:

@@ -229,7 +229,11 @@ class FhirTestServer:
             )
 
     def requests(self) -> list[dict[str, Any]]:
-        """FHIR requests seen since start (or the last clear): ``{method, url, authorization_present}``."""
+        """FHIR requests seen since start (or the last clear).
+
+        Each is ``{method, url, authorization_present}``, plus ``status`` and ``processing_ms`` (the server's own
+        time for the request, without the added latency; also sent as ``Server-Timing``) once it was answered.
+        """
         answer = requests.get(f"{self.origin}/__requests", timeout=10)
         answer.raise_for_status()
         seen: list[dict[str, Any]] = answer.json()

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: pip install pyinstrument (it is in the dev extra)", file=sys.stderr)
         return 2
     from cds_service import create_app
+    from cds_service.gc_tuning import tune_for_request_worker
 
     size = {"small": 20, "typical": 150, "large": 5000, "order": 150}[options.record]
     record = build_record(size)
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for _ in range(3):
             call()
+        tune_for_request_worker()  # as gunicorn's post_worker_init does in production
         profiler = Profiler(interval=0.0005)
         started = time.perf_counter()
         profiler.start()

@@ -34,7 +34,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from cds_service.audit.chain import CHAIN_LOCK_KEY, link_hash_plain
 from cds_service.audit.db import is_postgres, sqlite_writer_lock
 from cds_service.audit.records import as_utc
-from cds_service.audit.schema import UtcDateTime, calls, cards
+from cds_service.audit.schema import UtcDateTime, calls, cards, client_jti
 
 # How often a pooled connection has been checked out (by any code path) since it was opened: on the first
 # checkout it was just opened, so its failure is a real one; after that it may be stale.
@@ -143,6 +143,12 @@ class HotPath:
             f" WHERE feedback.outcome = 'overridden' AND feedback.outcome_timestamp >= {mark}"
             f" AND calls.patient_id = {mark}"
         )
+        # RETURNING yields the row only when it was inserted: the answer to "first time seen?" in one statement.
+        self._sql_claim_jti = (
+            f"INSERT INTO {client_jti.name} (iss, jti, expires_at) VALUES ({mark}, {mark}, {mark})"  # noqa: S608
+            " ON CONFLICT (iss, jti) DO NOTHING RETURNING jti"
+        )
+        self._sql_forget_jtis = f"DELETE FROM {client_jti.name} WHERE expires_at < {mark}"  # noqa: S608
         self._sql_first_alerts: dict[tuple[int, int], str] = {}
         self._sql_append: dict[tuple[int, int], str] = {}
         event.listen(engine, "connect", _count_from_zero)
@@ -277,6 +283,66 @@ class HotPath:
             sql = f"WITH {', '.join(parts)} {self._sql_move_head}"
             self._sql_append[(call_count, card_count)] = sql  # bounded by the two limits above
         return sql
+
+    # ----------------------------------------------------------------------------------------- jti cache
+    def claim_jti(self, iss: str, jti: str, expires_at: datetime, forget_before: datetime | None) -> bool:
+        """Insert (iss, jti) into the replay cache; True when it was not there yet. Optionally drop ids that
+        expired before ``forget_before`` in the same transaction.
+
+        Committed without waiting for the disk (SQLite ``synchronous=NORMAL`` for this transaction,
+        PostgreSQL ``synchronous_commit = off``): the claim is visible to every worker at once and survives
+        ``kill -9`` (it is in the WAL), and it reaches the disk with the next synchronous commit, at the latest
+        the hook call's own audit append, which commits before the response is sent (issue #4 item 2). WAL is
+        written and flushed in order, so that flush covers this earlier commit. A token whose call is
+        acknowledged therefore has its jti on disk, without a second fsync per call (issue #7; it was one
+        fsync under the chain's write lock for every authenticated call).
+        """
+        claim = self._claim_jti_postgres if self._postgres else self._claim_jti_sqlite
+        parameters = (iss, jti, self._to_time(expires_at))
+        forget = None if forget_before is None else (self._to_time(forget_before),)
+        with self._connection() as lease:
+            while True:
+                try:
+                    return claim(lease.proxied.driver_connection, parameters, forget)
+                except self._dbapi_error as exc:
+                    lease.retry(exc)
+
+    def _claim_jti_sqlite(self, connection: Any, parameters: tuple[Any, ...], forget: tuple[Any, ...] | None
+                          ) -> bool:
+        with sqlite_writer_lock(self._engine):
+            # Per connection, outside a transaction; restored below so the chain appends on this pooled
+            # connection stay FULL. Should the restore fail the connection is broken and the pool drops it.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    first_seen = connection.execute(self._sql_claim_jti, parameters).fetchone() is not None
+                    if forget is not None:
+                        connection.execute(self._sql_forget_jtis, forget)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    with suppress(self._dbapi_error):
+                        if connection.in_transaction:
+                            connection.execute("ROLLBACK")
+                    raise
+            finally:
+                connection.execute("PRAGMA synchronous=FULL")
+        return first_seen
+
+    def _claim_jti_postgres(self, connection: Any, parameters: tuple[Any, ...], forget: tuple[Any, ...] | None
+                            ) -> bool:
+        try:
+            with connection.pipeline():  # one round trip: SET LOCAL, INSERT ... RETURNING, (DELETE), COMMIT
+                connection.execute("SET LOCAL synchronous_commit TO off")
+                cursor = connection.execute(self._sql_claim_jti, parameters)
+                if forget is not None:
+                    connection.execute(self._sql_forget_jtis, forget)
+                connection.commit()
+            return cursor.fetchone() is not None
+        except BaseException:
+            with suppress(self._dbapi_error):
+                connection.rollback()
+            raise
 
     # ----------------------------------------------------------------------------------------- read
     def alert_history(self, patient_id: str, rule_ids: Collection[str], overridden_since: datetime | None,

@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, exists, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from cds_service.audit.chain import CHAIN_LOCK_KEY, ChainAppender, canonical_json, canonical_time, json_safe
@@ -40,7 +39,7 @@ from cds_service.audit.db import (
 from cds_service.audit.group_commit import GroupCommit
 from cds_service.audit.hotpath import CallRows, HotPath
 from cds_service.audit.records import FeedbackRecord, HookCallRecord, SpooledCall, as_utc
-from cds_service.audit.schema import cards, client_jti, feedback
+from cds_service.audit.schema import cards, feedback
 from cds_service.audit.spool import Spool
 from cds_service.config import Settings
 from cds_service.metrics import record_audit_failure
@@ -307,35 +306,20 @@ class AuditLog:
         Atomic in the database, so it holds across workers and instances. Raises AuditUnavailable if the
         database cannot answer (the caller then falls back to a per-process cache).
         """
-        values = {"iss": iss, "jti": jti, "expires_at": as_utc(expires_at)}
         self._fail_fast_while_down()
         try:
             self._ensure_schema()
-            # Repeating is safe but for one corner: a commit whose acknowledgement was lost with the connection
-            # makes the retry see the jti as a replay, and the EHR retries that call with a new token.
-            return _once_more_if_stale(lambda: self._claim_jti(values))
+            self._jti_calls += 1
+            # Expired ids can no longer be replayed (the token is rejected on exp), so drop them now and then.
+            forget_before = (datetime.now(UTC) - timedelta(hours=1)
+                             if self._jti_calls % JTI_CLEANUP_EVERY == 0 else None)
+            # A stale pooled connection is retried inside. Repeating is safe but for one corner: a commit
+            # whose acknowledgement was lost with the connection makes the retry see the jti as a replay, and
+            # the EHR retries that call with a new token.
+            return self._hot.claim_jti(iss, jti, expires_at, forget_before)
         except (SQLAlchemyError, AuditSchemaError, OSError) as exc:
             self._mark_down(exc, "jti cache")
             raise AuditUnavailable("the jti replay cache in the audit database is unavailable") from exc
-
-    def _claim_jti(self, values: dict[str, Any]) -> bool:
-        with self._engine.connect() as connection, sqlite_writer_lock(self._engine):
-            connection.execution_options(**{WRITE_OPTION: True})
-            with connection.begin():
-                insert = postgresql.insert if is_postgres(self._engine) else sqlite.insert
-                result = connection.execute(
-                    insert(client_jti).values(**values).on_conflict_do_nothing(
-                        index_elements=[client_jti.c.iss, client_jti.c.jti]
-                    ).returning(client_jti.c.jti)
-                )
-                # RETURNING yields the row only when it was inserted (rowcount is unreliable here).
-                first_seen = result.first() is not None
-                self._jti_calls += 1
-                if self._jti_calls % JTI_CLEANUP_EVERY == 0:
-                    # Expired ids can no longer be replayed (the token is rejected on exp), so drop them.
-                    connection.execute(client_jti.delete().where(
-                        client_jti.c.expires_at < datetime.now(UTC) - timedelta(hours=1)))
-        return first_seen
 
     # ----------------------------------------------------------------------------------------- internals
     def _ensure_schema(self) -> None:

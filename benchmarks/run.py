@@ -13,8 +13,10 @@ What it starts, all on 127.0.0.1 and free ports, stopped at the end:
 - the FHIR test server (tests/fhir_server) with ``--latency-ms 100`` for the no-prefetch scenario.
 
 Load comes from ``wrk`` (Debian package) with ``benchmarks/post.lua``. The service runs with ``CDS_DEV=1``: no
-client JWT (wrk cannot sign one per request) and a plain-http FHIR server on 127.0.0.1 are accepted. The
-patient records come from the synthetic cohort generator (``cds_service.synth``), dated relative to today.
+client JWT and a plain-http FHIR server on 127.0.0.1 are accepted. One more instance runs in production mode
+(no ``CDS_DEV``) and gets a signed JWT with its own ``jti`` on every call, as from an EHR; wrk cannot sign, so
+``benchmarks/client_tokens.py`` signs them before each wrk run. The patient records come from the synthetic
+cohort generator (``cds_service.synth``), dated relative to today.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.client_tokens import ClientTokens  # noqa: E402
 from cds_service.synth import SynthPatient, generate_patient, transaction_bundles  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -58,6 +61,11 @@ SEED = 2025
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 PATIENT_VIEW = "calcinosis-patient-view"
 REMOTE = "patient-view no prefetch (small record), FHIR +100 ms/query"
+AUTHENTICATED = "patient-view typical, audit SQLite, client JWT (production mode)"
+TYPICAL_SQLITE = "patient-view typical (150 obs), audit SQLite"
+# Tokens signed per wrk thread and run: enough for this many requests per second (the service's best is far
+# below); running out shows as 401s (replays) in the errors column rather than as a silently wrong number.
+MAX_AUTHENTICATED_RATE = 600
 ORDER_SELECT = "calcinosis-order-select"
 
 
@@ -208,7 +216,9 @@ def gunicorn(name: str, app: str, work: Path, env_extra: dict[str, str], *, floo
     from cds_service import gunicorn_conf
 
     port = free_port()
-    env = {**os.environ, "CDS_HOST": "127.0.0.1", "CDS_PORT": str(port), **env_extra}
+    # The JWT audience is the URL as clients call it (CDS_PUBLIC_BASE_URL), here this server's own origin.
+    env = {**os.environ, "CDS_HOST": "127.0.0.1", "CDS_PORT": str(port),
+           "CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **env_extra}
     if floor:
         args = ["--bind", f"127.0.0.1:{port}", "--workers", str(gunicorn_conf.workers),
                 "--worker-class", gunicorn_conf.worker_class, "--threads", str(gunicorn_conf.threads),
@@ -224,24 +234,30 @@ def gunicorn(name: str, app: str, work: Path, env_extra: dict[str, str], *, floo
             [sys.executable, "-m", "gunicorn", *args, app], cwd=REPO, env=env, stdout=sink, stderr=sink,
             start_new_session=True)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/cds-services", process, log)
+        # The service's liveness endpoint needs no client JWT (discovery does outside dev mode).
+        _wait_ready(f"http://127.0.0.1:{port}{'/cds-services' if floor else '/healthz'}", process, log)
         yield Server(name, port, process, log)
     finally:
         _stop(process)
 
 
-def service_env(work: Path, name: str, *, audit: bool, database_url: str = "") -> dict[str, str]:
-    """Environment for one service instance: dev mode, its own data and metrics directories."""
+def service_env(work: Path, name: str, *, audit: bool, database_url: str = "",
+                trusted_issuers_file: Path | None = None) -> dict[str, str]:
+    """Environment for one service instance: its own data and metrics directories; dev mode unless it is given
+    a trusted-issuers file (production mode: every call needs a valid client JWT)."""
     data_dir = work / f"data-{name}"
     metrics_dir = work / f"metrics-{name}"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     # The large record (5,000 observations as an EHR would prefetch them) is ~7 MB, above the 5 MiB default
     # CDS_MAX_REQUEST_BYTES; a site with such records raises the limit the same way.
-    env = {"CDS_DEV": "1", "CDS_DATA_DIR": str(data_dir), "CDS_AUDIT_ENABLED": "1" if audit else "0",
-           "CDS_LOG_LEVEL": "INFO", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    env = {"CDS_DEV": "0" if trusted_issuers_file else "1", "CDS_DATA_DIR": str(data_dir),
+           "CDS_AUDIT_ENABLED": "1" if audit else "0", "CDS_LOG_LEVEL": "INFO",
+           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
            "CDS_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)}
     if database_url:
         env["CDS_DATABASE_URL"] = database_url
+    if trusted_issuers_file:
+        env["CDS_TRUSTED_ISSUERS_FILE"] = str(trusted_issuers_file)
     return env
 
 
@@ -309,6 +325,7 @@ class Scenario:
     body: dict[str, Any]
     connections: int
     note: str = ""
+    tokens: ClientTokens | None = None  # sign a client JWT for every call (production mode)
 
 
 @dataclass
@@ -333,10 +350,13 @@ class Result:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def probe(url: str, body_path: Path) -> tuple[int, int | None]:
+def probe(url: str, body_path: Path, tokens: ClientTokens | None = None) -> tuple[int, int | None]:
     """One request outside the load: HTTP status and number of cards (None if not a card response)."""
     data = body_path.read_bytes().replace(PLACEHOLDER_INSTANCE.encode(), str(uuid.uuid4()).encode())
-    request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json"})  # noqa: S310
+    headers = {"Content-Type": "application/json"}
+    if tokens is not None:
+        headers["Authorization"] = f"Bearer {tokens.token(url)}"
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310 - our own 127.0.0.1 server
             payload = json.loads(answer.read())
@@ -345,10 +365,18 @@ def probe(url: str, body_path: Path) -> tuple[int, int | None]:
         return error.code, None
 
 
-def run_wrk(url: str, body_path: Path, connections: int, seconds: float) -> dict[str, Any]:
-    """Drive ``url`` with wrk for ``seconds``; the BENCH_RESULT line of post.lua as a dict."""
+def run_wrk(url: str, body_path: Path, connections: int, seconds: float,
+            tokens: ClientTokens | None = None) -> dict[str, Any]:
+    """Drive ``url`` with wrk for ``seconds``; the BENCH_RESULT line of post.lua as a dict.
+
+    With ``tokens``, every request carries a JWT of its own, signed before the run.
+    """
     threads = max(1, min(2, connections))
     env = {**os.environ, "BENCH_BODY": str(body_path)}
+    if tokens is not None:
+        prefix = body_path.with_suffix(".tokens")
+        tokens.write(prefix, url, threads, -(-int(MAX_AUTHENTICATED_RATE * max(1, round(seconds))) // threads))
+        env["BENCH_TOKENS"] = str(prefix)
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
                "--timeout", "10s", "-s", str(LUA_SCRIPT), url]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)  # noqa: S603
@@ -364,11 +392,11 @@ def measure(scenario: Scenario, server: Server, work: Path, seconds: float, warm
     body_path = work / f"body-{re.sub(r'[^a-z0-9]+', '-', scenario.name.lower())}.json"
     body_path.write_text(json.dumps(scenario.body), encoding="utf-8")
     url = f"{server.origin}/cds-services/{scenario.service}"
-    status, cards = probe(url, body_path)
+    status, cards = probe(url, body_path, scenario.tokens)
     result = Result(scenario, status=status, cards=cards)
     if warmup > 0:
-        run_wrk(url, body_path, scenario.connections, warmup)
-    raw = run_wrk(url, body_path, scenario.connections, seconds)
+        run_wrk(url, body_path, scenario.connections, warmup, scenario.tokens)
+    raw = run_wrk(url, body_path, scenario.connections, seconds, scenario.tokens)
     result.requests = int(raw["requests"])
     result.seconds = raw["duration_us"] / 1e6
     result.p50_ms = raw["p50_us"] / 1000.0
@@ -423,7 +451,7 @@ def targets(by_name: dict[str, Result]) -> list[str]:
         result = by_name.get(name)
         return result if result is not None and not result.skipped and result.throughput else None
 
-    floor, typical = get("floor (empty handler)"), get("patient-view typical (150 obs), audit SQLite")
+    floor, typical = get("floor (empty handler)"), get(TYPICAL_SQLITE)
     if floor and typical:
         ratio = typical.throughput / floor.throughput
         ok = ratio >= 0.40 and typical.p99_ms < 50
@@ -451,13 +479,18 @@ def targets(by_name: dict[str, Result]) -> list[str]:
                        f"per hook call, {share['fhir_queries_per_call']:.1f} queries of "
                        f"{share['fhir_processing_ms_per_query']:.1f} ms, from its Server-Timing log)")
     off = get("patient-view typical, audit off")
-    for label, name in (("SQLite", "patient-view typical (150 obs), audit SQLite"),
+    for label, name in (("SQLite", TYPICAL_SQLITE),
                         ("PostgreSQL", "patient-view typical, audit PostgreSQL")):
         on = get(name)
         if off and on:
             cost = 1 - on.throughput / off.throughput
             out.append(f"- {'PASS' if cost <= 0.15 else 'MISS'} audit on {label} costs <= 15% of throughput: "
                        f"{cost:.0%} ({on.throughput:,.0f} vs {off.throughput:,.0f} req/s)")
+    dev, authenticated = get(TYPICAL_SQLITE), get(AUTHENTICATED)
+    if dev and authenticated:
+        cost = 1 - authenticated.throughput / dev.throughput
+        out.append(f"- (no target) client authentication, JWT signature check and jti replay claim, costs {cost:.0%} "
+                   f"of throughput ({authenticated.throughput:,.0f} vs {dev.throughput:,.0f} req/s)")
     return out
 
 
@@ -503,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="3 s per scenario (< 60 s in all); prints only")
-    mode.add_argument("--smoke", action="store_true", help="floor + one service scenario, 1 s each")
+    mode.add_argument("--smoke", action="store_true",
+                      help="floor + typical, without and with client JWTs, 1 s each")
     parser.add_argument("--duration", type=float, default=None, help="seconds per scenario (default 10)")
     parser.add_argument("--write", type=Path, default=None,
                         help=f"file whose results section to rewrite (full run default: {RESULTS_FILE.name})")
@@ -530,8 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             "service-sqlite", "cds_service:create_app()", work, service_env(work, "sqlite", audit=True)))
         plan: list[tuple[Scenario, Server]] = [
             (Scenario("floor (empty handler)", "floor", PATIENT_VIEW, typical_body, 16), floor_server),
-            (Scenario("patient-view typical (150 obs), audit SQLite", "sqlite", PATIENT_VIEW, typical_body, 16),
-             sqlite_server),
+            (Scenario(TYPICAL_SQLITE, "sqlite", PATIENT_VIEW, typical_body, 16), sqlite_server),
         ]
         if not options.smoke:
             plan += [
@@ -552,6 +585,14 @@ def main(argv: list[str] | None = None) -> int:
         for scenario, server in plan:
             print(f"... {scenario.name} @{scenario.connections}", file=sys.stderr, flush=True)
             results.append(measure(scenario, server, work, seconds, warmup))
+
+        tokens = ClientTokens(work)
+        auth_server = stack.enter_context(gunicorn(
+            "service-auth", "cds_service:create_app()", work,
+            service_env(work, "auth", audit=True, trusted_issuers_file=tokens.issuers_file)))
+        authenticated = Scenario(AUTHENTICATED, "sqlite", PATIENT_VIEW, typical_body, 16, tokens=tokens)
+        print(f"... {authenticated.name}", file=sys.stderr, flush=True)
+        results.append(measure(authenticated, auth_server, work, seconds, warmup))
 
         if not options.smoke:
             remote = Scenario(REMOTE, "sqlite", PATIENT_VIEW, {}, 2)

@@ -1,6 +1,6 @@
 """One-command benchmark of calcinosis-cds against the framework's floor, side by side in one run (issue #7).
 
-    python benchmarks/run.py            # full run (~2.5 min), rewrites the results section of BENCHMARKS.md
+    python benchmarks/run.py            # full run (~6 min), rewrites the results section of BENCHMARKS.md
     python benchmarks/run.py --quick    # shorter runs (< 60 s), prints the table only
     python benchmarks/run.py --smoke    # two scenarios, about a second each (the smoke test)
 
@@ -62,6 +62,8 @@ MAX_REQUEST_BYTES = 16 * 1024 * 1024
 PATIENT_VIEW = "calcinosis-patient-view"
 REMOTE = "patient-view no prefetch (small record), FHIR +100 ms/query"
 AUTHENTICATED = "patient-view typical, audit SQLite, client JWT (production mode)"
+AUDIT_OFF = "patient-view typical, audit off"
+AUDIT_POSTGRES = "patient-view typical, audit PostgreSQL"
 TYPICAL_SQLITE = "patient-view typical (150 obs), audit SQLite"
 # Tokens signed per wrk thread and run: enough for this many requests per second (the service's best is far
 # below); running out shows as 401s (replays) in the errors column rather than as a silently wrong number.
@@ -406,6 +408,16 @@ def measure(scenario: Scenario, server: Server, work: Path, seconds: float, warm
     return result
 
 
+def median_round(rounds: list[Result]) -> Result:
+    """The round with the median throughput, carrying every round's req/s and the errors of all rounds."""
+    ordered = sorted(rounds, key=lambda result: result.throughput)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.extra["rounds_rps"] = [result.throughput for result in rounds]
+    chosen.errors = sum(result.errors for result in rounds)
+    chosen.status = next((result.status for result in rounds if result.status != 200), chosen.status)
+    return chosen
+
+
 def fhir_server_share(answered: list[dict[str, Any]]) -> dict[str, float]:
     """The FHIR test server's own work per hook call in the no-prefetch scenario (from its Server-Timing log).
 
@@ -438,7 +450,11 @@ def table(results: list[Result], floor: Result | None) -> str:
             ratio = "100%"
         cards = "-" if r.cards is None else str(r.cards)
         errors = str(r.errors) if r.status == 200 else f"{r.errors} (HTTP {r.status})"
-        lines.append(f"| {r.scenario.name} | {r.scenario.connections} | {r.throughput:,.0f} | {r.p50_ms:.1f} | "
+        rate = f"{r.throughput:,.0f}"
+        spread = r.extra.get("rounds_rps", [])
+        if len(spread) > 1:  # the median round, then the lowest and highest of all rounds
+            rate += f" ({min(spread):,.0f}-{max(spread):,.0f})"
+        lines.append(f"| {r.scenario.name} | {r.scenario.connections} | {rate} | {r.p50_ms:.1f} | "
                      f"{r.p99_ms:.1f} | {ratio} | {errors} | {cards} |")
     return "\n".join(lines)
 
@@ -478,20 +494,29 @@ def targets(by_name: dict[str, Result]) -> list[str]:
             out.append(f"  (the FHIR test server's own processing: {share['fhir_processing_ms_per_call']:.1f} ms "
                        f"per hook call, {share['fhir_queries_per_call']:.1f} queries of "
                        f"{share['fhir_processing_ms_per_query']:.1f} ms, from its Server-Timing log)")
-    off = get("patient-view typical, audit off")
+    off = get(AUDIT_OFF)
     for label, name in (("SQLite", TYPICAL_SQLITE),
-                        ("PostgreSQL", "patient-view typical, audit PostgreSQL")):
+                        ("PostgreSQL", AUDIT_POSTGRES)):
         on = get(name)
         if off and on:
             cost = 1 - on.throughput / off.throughput
             out.append(f"- {'PASS' if cost <= 0.15 else 'MISS'} audit on {label} costs <= 15% of throughput: "
-                       f"{cost:.0%} ({on.throughput:,.0f} vs {off.throughput:,.0f} req/s)")
+                       f"{cost:.0%} ({on.throughput:,.0f} vs {off.throughput:,.0f} req/s){_per_round(on, off)}")
     dev, authenticated = get(TYPICAL_SQLITE), get(AUTHENTICATED)
     if dev and authenticated:
         cost = 1 - authenticated.throughput / dev.throughput
         out.append(f"- (no target) client authentication, JWT signature check and jti replay claim, costs {cost:.0%} "
                    f"of throughput ({authenticated.throughput:,.0f} vs {dev.throughput:,.0f} req/s)")
     return out
+
+
+def _per_round(on: Result, off: Result) -> str:
+    """The cost in each round, from the two measurements taken minutes apart within it."""
+    on_rounds, off_rounds = on.extra.get("rounds_rps", []), off.extra.get("rounds_rps", [])
+    if len(on_rounds) < 2 or len(on_rounds) != len(off_rounds):
+        return ""
+    costs = ", ".join(f"{1 - a / b:.0%}" for a, b in zip(on_rounds, off_rounds, strict=True) if b)
+    return f"; round by round {costs}"
 
 
 def machine() -> str:
@@ -542,30 +567,66 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, default=None,
                         help=f"file whose results section to rewrite (full run default: {RESULTS_FILE.name})")
     parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL audit scenario")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds of the compared scenarios (default 3; 1 with --quick/--smoke)")
     options = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("error: wrk is not installed (Debian: apt-get install wrk; ./scripts/test installs it)", file=sys.stderr)
         return 2
     seconds = options.duration or (1.0 if options.smoke else 3.0 if options.quick else 10.0)
     warmup = 0.0 if options.smoke else 1.0 if options.quick else 2.0
-    if seconds <= 0:
-        print("error: --duration must be positive", file=sys.stderr)
+    if seconds <= 0 or (options.rounds is not None and options.rounds < 1):
+        print("error: --duration must be positive and --rounds at least 1", file=sys.stderr)
         return 2
     write_to = options.write or (None if options.quick or options.smoke else RESULTS_FILE)
     started = time.monotonic()
 
     small, typical, large = build_record(20), build_record(150), build_record(5000)
     typical_body = hook_body("patient-view", typical)
+    rounds = options.rounds or (3 if not (options.quick or options.smoke) else 1)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="calcinosis-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         floor_server = stack.enter_context(gunicorn("floor", "floor_app:app", work, {}, floor=True))
         sqlite_server = stack.enter_context(gunicorn(
             "service-sqlite", "cds_service:create_app()", work, service_env(work, "sqlite", audit=True)))
-        plan: list[tuple[Scenario, Server]] = [
-            (Scenario("floor (empty handler)", "floor", PATIENT_VIEW, typical_body, 16), floor_server),
-            (Scenario(TYPICAL_SQLITE, "sqlite", PATIENT_VIEW, typical_body, 16), sqlite_server),
+        tokens = ClientTokens(work)
+        auth_server = stack.enter_context(gunicorn(
+            "service-auth", "cds_service:create_app()", work,
+            service_env(work, "auth", audit=True, trusted_issuers_file=tokens.issuers_file)))
+        # The comparisons the targets are made of (floor, audit off / SQLite / PostgreSQL, with a client JWT),
+        # measured in interleaved rounds: on a shared 2-core VM the same scenario varies by +-15% from one
+        # minute to the next, so back-to-back rounds of all of them, reported as medians, compare like with like.
+        compared: list[tuple[Scenario, Server | None, str]] = [
+            (Scenario("floor (empty handler)", "floor", PATIENT_VIEW, typical_body, 16), floor_server, ""),
+            (Scenario(TYPICAL_SQLITE, "sqlite", PATIENT_VIEW, typical_body, 16), sqlite_server, ""),
+            (Scenario(AUTHENTICATED, "sqlite", PATIENT_VIEW, typical_body, 16, tokens=tokens), auth_server, ""),
         ]
+        if not options.smoke:
+            off_server = stack.enter_context(gunicorn(
+                "service-off", "cds_service:create_app()", work, service_env(work, "off", audit=False)))
+            compared.append((Scenario(AUDIT_OFF, "off", PATIENT_VIEW, typical_body, 16), off_server, ""))
+            pg = Scenario(AUDIT_POSTGRES, "postgres", PATIENT_VIEW, typical_body, 16)
+            url = None if options.no_postgres else stack.enter_context(fresh_postgres_database(work))
+            if url is None:
+                compared.append((pg, None, "PostgreSQL at 127.0.0.1:5432 not reachable or --no-postgres"))
+            else:
+                compared.append((pg, stack.enter_context(gunicorn(
+                    "service-pg", "cds_service:create_app()", work,
+                    service_env(work, "pg", audit=True, database_url=url))), ""))
+        by_round: dict[str, list[Result]] = {scenario.name: [] for scenario, _server, _skip in compared}
+        for number in range(1, rounds + 1):
+            for scenario, server, _skipped in compared:
+                if server is None:
+                    continue
+                print(f"... round {number}/{rounds}: {scenario.name} @{scenario.connections}", file=sys.stderr,
+                      flush=True)
+                by_round[scenario.name].append(measure(scenario, server, work, seconds, warmup))
+        comparison = {scenario.name: (Result(scenario, skipped=skipped) if server is None
+                                      else median_round(by_round[scenario.name]))
+                      for scenario, server, skipped in compared}
+
+        plan: list[tuple[Scenario, Server]] = []
         if not options.smoke:
             plan += [
                 (Scenario("patient-view small (20 obs)", "sqlite", PATIENT_VIEW,
@@ -582,17 +643,10 @@ def main(argv: list[str] | None = None) -> int:
                 (Scenario("patient-view large (5,000 obs) @2", "sqlite", PATIENT_VIEW,
                           hook_body("patient-view", large), 2), sqlite_server),
             ]
+        others: list[Result] = []
         for scenario, server in plan:
             print(f"... {scenario.name} @{scenario.connections}", file=sys.stderr, flush=True)
-            results.append(measure(scenario, server, work, seconds, warmup))
-
-        tokens = ClientTokens(work)
-        auth_server = stack.enter_context(gunicorn(
-            "service-auth", "cds_service:create_app()", work,
-            service_env(work, "auth", audit=True, trusted_issuers_file=tokens.issuers_file)))
-        authenticated = Scenario(AUTHENTICATED, "sqlite", PATIENT_VIEW, typical_body, 16, tokens=tokens)
-        print(f"... {authenticated.name}", file=sys.stderr, flush=True)
-        results.append(measure(authenticated, auth_server, work, seconds, warmup))
+            others.append(measure(scenario, server, work, seconds, warmup))
 
         if not options.smoke:
             remote = Scenario(REMOTE, "sqlite", PATIENT_VIEW, {}, 2)
@@ -600,29 +654,14 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 fhir = stack.enter_context(fhir_server_with(small, latency_ms=100))
             except Exception as exc:  # noqa: BLE001 - node/npm missing: report, do not abort the run
-                results.append(Result(remote, skipped=f"FHIR test server unavailable ({type(exc).__name__})"))
+                others.append(Result(remote, skipped=f"FHIR test server unavailable ({type(exc).__name__})"))
             else:
                 remote.body = hook_body("patient-view", small, prefetch=False, fhir_server=fhir.base_url)
                 result = measure(remote, sqlite_server, work, seconds, warmup)
                 result.extra.update(fhir_server_share(fhir.requests()))
-                results.append(result)
-
-            off_server = stack.enter_context(gunicorn(
-                "service-off", "cds_service:create_app()", work, service_env(work, "off", audit=False)))
-            off = Scenario("patient-view typical, audit off", "off", PATIENT_VIEW, typical_body, 16)
-            print(f"... {off.name}", file=sys.stderr, flush=True)
-            results.append(measure(off, off_server, work, seconds, warmup))
-
-            pg = Scenario("patient-view typical, audit PostgreSQL", "postgres", PATIENT_VIEW, typical_body, 16)
-            url = None if options.no_postgres else stack.enter_context(fresh_postgres_database(work))
-            if url is None:
-                results.append(Result(pg, skipped="PostgreSQL at 127.0.0.1:5432 not reachable or --no-postgres"))
-            else:
-                pg_server = stack.enter_context(gunicorn(
-                    "service-pg", "cds_service:create_app()", work,
-                    service_env(work, "pg", audit=True, database_url=url)))
-                print(f"... {pg.name}", file=sys.stderr, flush=True)
-                results.append(measure(pg, pg_server, work, seconds, warmup))
+                others.append(result)
+        first = [comparison[name] for name in ("floor (empty handler)", TYPICAL_SQLITE)]
+        results = first + others + [result for name, result in comparison.items() if result not in first]
 
     floor = next((r for r in results if r.scenario.target == "floor"), None)
     by_name = {r.scenario.name: r for r in results}
@@ -630,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/run.py" + ("" if mode_name == "full" else f" {mode_name}")
     if options.duration:
         command += f" --duration {options.duration:g}"
+    if options.rounds:
+        command += f" --rounds {options.rounds}"
     report = "\n".join([
         f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} ({mode_name}, {seconds:g} s per scenario after a "
         f"{warmup:g} s warm-up, wall time {time.monotonic() - started:.0f} s). Reproduce: `{command}`",

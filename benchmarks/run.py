@@ -1,6 +1,6 @@
 """One-command benchmark of calcinosis-cds against the framework's floor, side by side in one run (issue #7).
 
-    python benchmarks/run.py            # full run (~6 min), rewrites the results section of BENCHMARKS.md
+    python benchmarks/run.py            # full run (~5 min), rewrites the results section of BENCHMARKS.md
     python benchmarks/run.py --quick    # shorter runs (< 60 s), prints the table only
     python benchmarks/run.py --smoke    # two scenarios, about a second each (the smoke test)
 

@@ -1,7 +1,8 @@
 """Group commit: the hook calls that threads of one process hand in at the same time share one transaction.
 
-Each durable commit is one fsync (SQLite WAL with ``synchronous=FULL``) or one synchronous WAL flush
-(PostgreSQL), taken under the chain's write lock, which every worker and instance serialises on. Under load a
+Each durable commit is one fsync of the WAL (SQLite; after the chain's write lock is released, hotpath.py) or
+one synchronous WAL flush (PostgreSQL, under the lock), and the chain's write lock is what every worker and
+instance serialises on. Under load a
 thread often hands in its record while another thread of its process is still waiting for that lock or
 committing (about 40% of writes with 2 workers x 2 threads, BENCHMARKS.md). Here the first of them becomes the
 leader: it takes the lock, then collects every record queued until that moment and writes them all in one

@@ -209,54 +209,58 @@ class HotPath:
     def _append_sqlite(self, connection: Any, rows: Callable[[], list[CallRows]], skip_stored: bool
                        ) -> list[CallRows]:
         # The disk flush happens after the write lock is released, not inside it (issue #7): the transaction
-        # commits with synchronous=NORMAL (frames written to the WAL, no fsync) and then one fsync of the WAL
-        # makes it durable before anything is acknowledged, so what issue #4 item 2 asks of FULL holds. With
-        # FULL the fsync ran under the lock and every writer of every worker queued behind it; now the next
-        # writer appends while this one waits for the disk, and concurrent flushes share the device's work.
-        # The WAL keeps frames in commit order and recovery only replays a checksummed prefix, so a crash
-        # before the flush loses only unacknowledged calls at the end of the chain, never a link inside it.
-        wal_path = self._wal_path  # None for in-memory and URI databases: they commit FULL as before
-        with sqlite_writer_lock(self._engine):
-            if wal_path is not None:
-                connection.execute("PRAGMA synchronous=NORMAL")
-            try:
-                batch = self._append_sqlite_transaction(connection, rows, skip_stored)
-            finally:
-                if wal_path is not None:  # the connection's default for every other write stays FULL
-                    connection.execute("PRAGMA synchronous=FULL")
-        if wal_path is not None and batch:
-            # An OSError here (the disk refused) means nothing is acknowledged: the caller spools the records
-            # as for any transient failure, and the replay skips them if they did reach the database.
-            flush_sqlite_wal(wal_path)
-        return batch
-
-    def _append_sqlite_transaction(self, connection: Any, rows: Callable[[], list[CallRows]], skip_stored: bool
-                                   ) -> list[CallRows]:
-        # The kernel lock is held (the caller): a waiting writer sleeps in flock() and wakes when the lock is
-        # free, instead of polling in SQLite's busy handler (1..100 ms naps) while the CPU idles (issue #7,
-        # BENCHMARKS.md). BEGIN IMMEDIATE then takes SQLite's own write lock, which guarantees the chain order.
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        # commits without a flush (see _sqlite_write) and then one fsync of the WAL makes it durable before
+        # anything is acknowledged, so what issue #4 item 2 asks of synchronous=FULL holds. With FULL the fsync
+        # ran under the lock and every writer of every worker queued behind it; now the next writer appends
+        # while this one waits for the disk, and concurrent flushes share the device's work. The WAL keeps
+        # frames in commit order and recovery only replays a checksummed prefix, so a crash before the flush
+        # loses only unacknowledged calls at the end of the chain, never a link inside it.
+        with self._sqlite_write(connection):
             batch = rows()
             if skip_stored:
                 batch = [item for item in batch
                          if connection.execute(self._sql_exists, (item.record_uuid,)).fetchone() is None]
-            if not batch:
-                connection.execute("ROLLBACK")
-                return []
-            head = connection.execute(self._sql_head).fetchone()
-            call_params, card_params, last_seq, last_hash = self._links(head, batch)
-            connection.executemany(self._insert_call.sql, call_params)
-            if card_params:
-                connection.executemany(self._insert_card.sql, card_params)
-            connection.execute(self._sql_move_head, (last_seq, last_hash))
-            connection.execute("COMMIT")
-        except BaseException:
-            with suppress(self._dbapi_error):  # keep the original error; a dead connection is discarded
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-            raise
+            if batch:
+                head = connection.execute(self._sql_head).fetchone()
+                call_params, card_params, last_seq, last_hash = self._links(head, batch)
+                connection.executemany(self._insert_call.sql, call_params)
+                if card_params:
+                    connection.executemany(self._insert_card.sql, card_params)
+                connection.execute(self._sql_move_head, (last_seq, last_hash))
+        if self._wal_path is not None and batch:
+            # An OSError here (the disk refused) means nothing is acknowledged: the caller spools the records
+            # as for any transient failure, and the replay skips them if they did reach the database.
+            flush_sqlite_wal(self._wal_path)
         return batch
+
+    @contextmanager
+    def _sqlite_write(self, connection: Any) -> Iterator[None]:
+        """One write transaction under the chain's write lock, committed when the block ends without an error.
+
+        The kernel lock first: a waiting writer sleeps in flock() and wakes when the lock is free, instead of
+        polling in SQLite's busy handler (1..100 ms naps) while the CPU idles (issue #7, BENCHMARKS.md).
+        BEGIN IMMEDIATE then takes SQLite's own write lock, which guarantees the chain order. For a database
+        file the commit does not flush (``synchronous=NORMAL`` for this transaction only; the connection's
+        default for every other write stays FULL): the caller flushes the WAL after the lock is released, or
+        relies on the next flush (``claim_jti``). A failed restore leaves a broken connection the pool drops.
+        """
+        deferred = self._wal_path is not None  # in-memory and URI databases commit FULL as before
+        with sqlite_writer_lock(self._engine):
+            if deferred:
+                connection.execute("PRAGMA synchronous=NORMAL")  # per connection, outside a transaction
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    connection.execute("COMMIT")
+                except BaseException:
+                    with suppress(self._dbapi_error):  # keep the original error; a dead connection is discarded
+                        if connection.in_transaction:
+                            connection.execute("ROLLBACK")
+                    raise
+            finally:
+                if deferred:
+                    connection.execute("PRAGMA synchronous=FULL")
 
     def _append_postgres(self, connection: Any, rows: Callable[[], list[CallRows]], skip_stored: bool
                          ) -> list[CallRows]:
@@ -333,24 +337,10 @@ class HotPath:
 
     def _claim_jti_sqlite(self, connection: Any, parameters: tuple[Any, ...], forget: tuple[Any, ...] | None
                           ) -> bool:
-        with sqlite_writer_lock(self._engine):
-            # Per connection, outside a transaction; restored below so the chain appends on this pooled
-            # connection stay FULL. Should the restore fail the connection is broken and the pool drops it.
-            connection.execute("PRAGMA synchronous=NORMAL")
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    first_seen = connection.execute(self._sql_claim_jti, parameters).fetchone() is not None
-                    if forget is not None:
-                        connection.execute(self._sql_forget_jtis, forget)
-                    connection.execute("COMMIT")
-                except BaseException:
-                    with suppress(self._dbapi_error):
-                        if connection.in_transaction:
-                            connection.execute("ROLLBACK")
-                    raise
-            finally:
-                connection.execute("PRAGMA synchronous=FULL")
+        with self._sqlite_write(connection):  # no flush of its own (see claim_jti)
+            first_seen = connection.execute(self._sql_claim_jti, parameters).fetchone() is not None
+            if forget is not None:
+                connection.execute(self._sql_forget_jtis, forget)
         return first_seen
 
     def _claim_jti_postgres(self, connection: Any, parameters: tuple[Any, ...], forget: tuple[Any, ...] | None

@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Engine, Table, event
 from sqlalchemy.exc import DBAPIError
@@ -45,6 +45,7 @@ _SQLITE_TIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
 # commit give) they go in executemany calls of their own.
 _MAX_CALLS_PER_STATEMENT = 16
 _MAX_CARDS_PER_STATEMENT = 100
+_T = TypeVar("_T")
 
 
 def _sqlite_time(value: datetime | None) -> str | None:
@@ -173,12 +174,7 @@ class HotPath:
             return batch
 
         append = self._append_postgres if self._postgres else self._append_sqlite
-        with self._connection() as lease:
-            while True:
-                try:
-                    return append(lease.proxied.driver_connection, rows, skip_stored)
-                except self._dbapi_error as exc:
-                    lease.retry(exc)
+        return self._on_connection(lambda connection: append(connection, rows, skip_stored))
 
     def _links(self, head: tuple[Any, Any], batch: Sequence[CallRows]
                ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int, str]:
@@ -328,12 +324,7 @@ class HotPath:
         claim = self._claim_jti_postgres if self._postgres else self._claim_jti_sqlite
         parameters = (iss, jti, self._to_time(expires_at))
         forget = None if forget_before is None else (self._to_time(forget_before),)
-        with self._connection() as lease:
-            while True:
-                try:
-                    return claim(lease.proxied.driver_connection, parameters, forget)
-                except self._dbapi_error as exc:
-                    lease.retry(exc)
+        return self._on_connection(lambda connection: claim(connection, parameters, forget))
 
     def _claim_jti_sqlite(self, connection: Any, parameters: tuple[Any, ...], forget: tuple[Any, ...] | None
                           ) -> bool:
@@ -366,13 +357,8 @@ class HotPath:
 
         Semantics as ``AuditLog.alert_history``, which calls this; ``None`` for a ``since`` skips that read.
         """
-        with self._connection() as lease:
-            while True:
-                try:
-                    return self._history(lease.proxied.driver_connection, patient_id, rule_ids,
-                                         overridden_since, order_alerts, orders_since)
-                except self._dbapi_error as exc:
-                    lease.retry(exc)
+        return self._on_connection(lambda connection: self._history(
+            connection, patient_id, rule_ids, overridden_since, order_alerts, orders_since))
 
     def _history(self, connection: Any, patient_id: str, rule_ids: Collection[str],
                  overridden_since: datetime | None, order_alerts: Collection[tuple[str, str]],
@@ -438,12 +424,15 @@ class HotPath:
                 self._sql_first_alerts[(rule_count, key_count)] = sql
         return sql
 
-    @contextmanager
-    def _connection(self) -> Iterator[_Lease]:
-        """A pooled connection for one operation, returned to the pool afterwards."""
+    def _on_connection(self, operation: Callable[[Any], _T]) -> _T:
+        """Run ``operation`` on a pooled driver connection; once more on a fresh one if it was stale."""
         lease = _Lease(self)
         try:
-            yield lease
+            while True:
+                try:
+                    return operation(lease.proxied.driver_connection)
+                except self._dbapi_error as exc:
+                    lease.retry(exc)
         finally:
             lease.proxied.close()
 

@@ -3,6 +3,7 @@ explains the gap between a target and the measured figure).
 
     python benchmarks/profile_load.py                    # typical record, audit SQLite, 16 connections, 10 s
     python benchmarks/profile_load.py --audit off --record large --seconds 20
+    python benchmarks/profile_load.py --audit postgres   # also PostgreSQL's own CPU per request
 
 It starts the floor (``benchmarks/floor_app.py``) and the service (gunicorn with ``cds_service.gunicorn_conf``,
 2 workers x 2 threads, dev mode, audit as chosen) exactly as ``benchmarks/run.py`` does, and then:
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,7 @@ from benchmarks.run import (  # noqa: E402
     PATIENT_VIEW,
     Server,
     build_record,
+    fresh_postgres_database,
     gunicorn,
     hook_body,
     service_env,
@@ -59,6 +63,7 @@ class LoadRun:
     seconds: float
     cpu_s: float
     errors: int
+    database_cpu_s: float = 0.0  # PostgreSQL's own processes (audit on PostgreSQL on the same cores)
 
     @property
     def rate(self) -> float:
@@ -70,17 +75,32 @@ class LoadRun:
         """Worker CPU milliseconds (user + system) per answered request."""
         return self.cpu_s * 1000.0 / self.requests if self.requests else 0.0
 
+    @property
+    def database_cpu_ms_per_request(self) -> float:
+        """PostgreSQL server CPU milliseconds per answered request."""
+        return self.database_cpu_s * 1000.0 / self.requests if self.requests else 0.0
+
 
 def worker_cpu_seconds(master_pid: int) -> float:
     """User + system CPU seconds of the gunicorn master's children so far (Linux ``/proc``)."""
+    return _cpu_seconds(lambda _name, parent: parent == master_pid)
+
+
+def postgres_cpu_seconds() -> float:
+    """User + system CPU seconds of this machine's PostgreSQL server processes so far."""
+    return _cpu_seconds(lambda name, _parent: name == "postgres")
+
+
+def _cpu_seconds(wanted: Callable[[str, int], bool]) -> float:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            name, _, rest = stat.read_text().partition(" (")[2].rpartition(")")
         except OSError:
             continue  # a process that ended meanwhile
-        if int(fields[1]) == master_pid:  # field 4 of stat: the parent pid
+        fields = rest.split()
+        if wanted(name, int(fields[1])):  # field 4 of stat: the parent pid
             total += int(fields[11]) + int(fields[12])  # fields 14 and 15: utime, stime
     return total / ticks
 
@@ -88,18 +108,19 @@ def worker_cpu_seconds(master_pid: int) -> float:
 def drive(server: Server, body_file: Path, seconds: int, connections: int) -> LoadRun:
     """One wrk run against the patient-view service of ``server``; the workers' CPU read around it."""
     url = f"{server.origin}/cds-services/{PATIENT_VIEW}"
-    before = worker_cpu_seconds(server.process.pid)
+    before, database_before = worker_cpu_seconds(server.process.pid), postgres_cpu_seconds()
     done = subprocess.run(  # noqa: S603 - fixed argument list
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(LUA_SCRIPT), url],
         env={**os.environ, "BENCH_BODY": str(body_file)}, capture_output=True, text=True, timeout=seconds + 60,
         check=False)
-    after = worker_cpu_seconds(server.process.pid)
+    after, database_after = worker_cpu_seconds(server.process.pid), postgres_cpu_seconds()
     line = next((text for text in done.stdout.splitlines() if text.startswith("BENCH_RESULT ")), None)
     if line is None:
         raise SystemExit(f"wrk printed no result:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     result = json.loads(line.removeprefix("BENCH_RESULT "))
     return LoadRun(requests=int(result["requests"]), seconds=result["duration_us"] / 1e6, cpu_s=after - before,
-                   errors=int(result["status_errors"]) + int(result["socket_errors"]))
+                   errors=int(result["status_errors"]) + int(result["socket_errors"]),
+                   database_cpu_s=database_after - database_before)
 
 
 def profile(server: Server, body_file: Path, seconds: int, connections: int, out: Path
@@ -140,6 +161,8 @@ def report(record: str, audit: str, connections: int, floor: LoadRun, service: L
         f"| floor (empty handler) | {floor.rate:,.0f} | {floor.cpu_ms_per_request:.2f} | {floor.errors} |",
         f"| service | {service.rate:,.0f} | {service.cpu_ms_per_request:.2f} | {service.errors} |",
         "",
+        *([f"PostgreSQL's own processes (same cores): {service.database_cpu_ms_per_request:.2f} ms of CPU per "
+           "request.", ""] if audit == "postgres" else []),
         f"Service throughput {service.rate / floor.rate:.0%} of the floor; its workers spend "
         f"{service.cpu_ms_per_request / floor.cpu_ms_per_request:.1f}x the floor's CPU per request.",
         "",
@@ -158,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     """Start the floor and the service, measure both without a profiler, then profile the service."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--record", choices=sorted(RECORD_SIZES), default="typical")
-    parser.add_argument("--audit", choices=["sqlite", "off"], default="sqlite")
+    parser.add_argument("--audit", choices=["sqlite", "postgres", "off"], default="sqlite",
+                        help="postgres: a fresh database on 127.0.0.1:5432, dropped afterwards")
     parser.add_argument("--seconds", type=int, default=10, help="per wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=16)
     options = parser.parse_args(argv)
@@ -167,11 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _py_spy()
     body = hook_body("patient-view", build_record(RECORD_SIZES[options.record]))
-    with tempfile.TemporaryDirectory(prefix="calcinosis-profile-load-") as tmp:
-        work = Path(tmp)
+    with ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="calcinosis-profile-load-")))
         body_file = work / "body.json"
         body_file.write_text(json.dumps(body), encoding="utf-8")
-        env = service_env(work, "service", audit=options.audit == "sqlite")
+        database_url = ""
+        if options.audit == "postgres":
+            database_url = stack.enter_context(fresh_postgres_database(work)) or ""
+            if not database_url:
+                print("error: no PostgreSQL on 127.0.0.1:5432", file=sys.stderr)
+                return 2
+        env = service_env(work, "service", audit=options.audit != "off", database_url=database_url)
         env["CDS_MAX_REQUEST_BYTES"] = str(MAX_REQUEST_BYTES)
         warm_up = min(2, options.seconds)
         with gunicorn("floor", "floor_app:app", work, {}, floor=True) as floor_server:

@@ -41,7 +41,6 @@ if str(REPO) not in sys.path:
 
 from benchmarks.run import (  # noqa: E402
     LUA_SCRIPT,
-    MAX_REQUEST_BYTES,
     PATIENT_VIEW,
     Server,
     build_record,
@@ -202,7 +201,6 @@ def main(argv: list[str] | None = None) -> int:
                 print("error: no PostgreSQL on 127.0.0.1:5432", file=sys.stderr)
                 return 2
         env = service_env(work, "service", audit=options.audit != "off", database_url=database_url)
-        env["CDS_MAX_REQUEST_BYTES"] = str(MAX_REQUEST_BYTES)
         warm_up = min(2, options.seconds)
         with gunicorn("floor", "floor_app:app", work, {}, floor=True) as floor_server:
             drive(floor_server, body_file, warm_up, options.connections)

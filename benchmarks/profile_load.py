@@ -14,7 +14,8 @@ It starts the floor (``benchmarks/floor_app.py``) and the service (gunicorn with
 2. drives the service again while ``py-spy record --gil`` samples both workers (only the thread holding the
    GIL, i.e. the Python work that the two workers' GILs serialise), and prints each component's share of the
    samples and its milliseconds per request. A sample is charged to the innermost frame that matches a
-   component of ``benchmarks/stack_components.py``, so a component's figure excludes what it calls in other components.
+   component of ``benchmarks/stack_components.py``, so a component's figure excludes what it calls in other
+   components.
 
 py-spy needs ptrace rights over the workers (root, or ``kernel.yama.ptrace_scope=0``). The sampler costs the
 server some throughput, so the profiled run's req/s is lower than the unprofiled one; the shares are what count.
@@ -40,19 +41,20 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.run import (  # noqa: E402
-    LUA_SCRIPT,
     PATIENT_VIEW,
     Server,
     build_record,
     fresh_postgres_database,
     gunicorn,
     hook_body,
+    run_wrk,
     service_env,
 )
 from benchmarks.stack_components import component_shares  # noqa: E402
 
 RECORD_SIZES = {"small": 20, "typical": 150, "large": 5000}
 SAMPLE_RATE = 200  # per second; py-spy's own cost grows with it
+
 
 @dataclass(frozen=True)
 class LoadRun:
@@ -105,18 +107,10 @@ def _cpu_seconds(wanted: Callable[[str, int], bool]) -> float:
 
 
 def drive(server: Server, body_file: Path, seconds: int, connections: int) -> LoadRun:
-    """One wrk run against the patient-view service of ``server``; the workers' CPU read around it."""
-    url = f"{server.origin}/cds-services/{PATIENT_VIEW}"
+    """One wrk run (``run_wrk``) against the patient-view service of ``server``; the workers' CPU read around it."""
     before, database_before = worker_cpu_seconds(server.process.pid), postgres_cpu_seconds()
-    done = subprocess.run(  # noqa: S603 - fixed argument list
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(LUA_SCRIPT), url],
-        env={**os.environ, "BENCH_BODY": str(body_file)}, capture_output=True, text=True, timeout=seconds + 60,
-        check=False)
+    result = run_wrk(f"{server.origin}/cds-services/{PATIENT_VIEW}", body_file, connections, seconds)
     after, database_after = worker_cpu_seconds(server.process.pid), postgres_cpu_seconds()
-    line = next((text for text in done.stdout.splitlines() if text.startswith("BENCH_RESULT ")), None)
-    if line is None:
-        raise SystemExit(f"wrk printed no result:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    result = json.loads(line.removeprefix("BENCH_RESULT "))
     return LoadRun(requests=int(result["requests"]), seconds=result["duration_us"] / 1e6, cpu_s=after - before,
                    errors=int(result["status_errors"]) + int(result["socket_errors"]),
                    database_cpu_s=database_after - database_before)

@@ -30,7 +30,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
                                "cds_service/logging_setup.py")),
     ("app glue (api, auth, request hooks)", ("cds_service/",)),
     # What Flask.dispatch_request itself is charged with is the view's return: the parsed body and everything
-    # built from it are freed there (reference counts reach zero), ~25,000 objects for the typical record.
+    # built from it are freed there (reference counts reach zero), ~20,000 JSON values for the typical record.
     ("freeing the parsed body (end of view)", ("Flask.dispatch_request (",)),
     ("Flask + werkzeug (request, response)", ("flask/", "werkzeug/", "flask_cors/")),
     ("gunicorn (accept, parse, write)", ("gunicorn/", "selectors.py", "socket.py")),

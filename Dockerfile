@@ -12,15 +12,22 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
+# Dependencies first, exactly as locked (issue #14): every file is checked against its sha256 in the lock, and
+# --no-deps means nothing unlisted is pulled in. This layer is reused until a lock changes.
+COPY requirements/runtime.txt requirements/build.txt requirements/
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --require-hashes --no-deps -r requirements/runtime.txt \
+    && python -m venv /opt/build-tools \
+    && /opt/build-tools/bin/pip install --require-hashes --no-deps -r requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY cds_service/ cds_service/
 COPY fhir_mappings/ fhir_mappings/
 COPY cards/ cards/
-RUN python -m venv /opt/build-tools \
-    && /opt/build-tools/bin/pip install "build==1.6.1" \
-    && /opt/build-tools/bin/python -m build --wheel --outdir /dist . \
-    && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install /dist/calcinosis_cds-*.whl
+# The wheel is built with the locked build backend (no isolated, unpinned download of hatchling) and installed
+# without dependencies: they are all in the virtualenv already.
+RUN /opt/build-tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
+    && /opt/venv/bin/pip install --no-deps /dist/calcinosis_cds-*.whl \
+    && /opt/venv/bin/pip check
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="calcinosis-cds" \

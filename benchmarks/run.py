@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.client_tokens import ClientTokens  # noqa: E402
+from cds_service.services import service_definitions  # noqa: E402
 from cds_service.synth import SynthPatient, generate_patient, transaction_bundles  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -84,8 +85,9 @@ class Record:
     medications: list[dict[str, Any]]
 
     def prefetch(self) -> dict[str, Any]:
-        """The prefetch object for our six discovery keys (searchset Bundles)."""
-        return {
+        """The prefetch object for every discovery key (searchset Bundles); keys beyond these five hold
+        nothing the synthetic record has (ServiceRequests, further pages of a split search, warfarin history)."""
+        prefetch = {
             "patient": self.patient.resources[0],
             "observations": _searchset(self.observations),
             "conditions": _searchset(self.conditions),
@@ -93,6 +95,9 @@ class Record:
             "medications": _searchset(self.medications),
             "medicationStatements": _searchset([]),
         }
+        for spec in service_definitions()[0].prefetch:
+            prefetch.setdefault(spec.key, _searchset([]))
+        return prefetch
 
 
 def _searchset(resources: list[dict[str, Any]]) -> dict[str, Any]:

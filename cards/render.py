@@ -6,6 +6,10 @@ escaped for HTML and markdown (the CDS Hooks sandbox renders ``detail`` with raw
 width declared in ``[widths]``, so a summary can never exceed the 140-character limit; the content
 check proves that with maximum-width values. Every card and suggestion gets a fresh uuid4, and no
 optional field is ever emitted empty or null.
+
+Override reasons are data too (``override_reasons.toml``): each rule names the list that fits its order class.
+A rule's ``about`` text (formula, sources, the KDIGO caveat) lives on its rule page; the card detail links to it
+in one line, which keeps the detail within the length budget (issue 13 item 3, tests/cards/test_card_height.py).
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from typing import Any
 
 SUMMARY_LIMIT = 140  # CDS Hooks 2.0 Card.summary: "<140 characters"
 GLOBAL_FIELDS = frozenset({"kdigo_caveat"})
+MORE_BLOCK = "more_md"  # where the rule-page line goes (filled by the renderer; appended when a detail omits it)
 BLOCK_SUFFIX = "_md"
 INDICATORS = ("info", "warning", "critical")
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
-OVERRIDE_SYSTEM = "https://calcinosis-cds.org/fhir/CodeSystem/override-reason"
+VALUES_BLOCK = "values_md"  # the evidence block a second card may give as one shared line (issue 13 item 3)
 
 # Characters that can open inline markdown syntax (emphasis, code, links, strikethrough, table cells).
 # "<", ">" and "&" are handled by HTML escaping; parentheses, "#", "+", "-" and "." are inert inside a
@@ -75,14 +80,42 @@ class Templates:
     widths: dict[str, int]
     labs: dict[str, str]
     consults: dict[str, str]
-    override_reasons: list[dict[str, str]]
+    override_reasons: dict[str, list[dict[str, str]]]  # list name -> Codings (override_reasons.toml)
     suggestions: dict[str, str]
     phrases: dict[str, str]
     rules: dict[str, dict[str, Any]]
+    placeholder_text: dict[str, str] = field(default_factory=dict)  # rule page wording of each placeholder
+    evidence_names: dict[str, str] = field(default_factory=dict)    # shared-line names of evidence items
 
 
-def parse_templates(text: str) -> Templates:
-    """Parse template TOML text (raises ValueError/TOMLDecodeError on malformed structure)."""
+def parse_override_reasons(text: str) -> dict[str, list[dict[str, str]]]:
+    """Parse ``override_reasons.toml`` into list name -> Codings (raises ValueError on an undefined code,
+    a code without display, or a missing system: CDS Hooks 2.0 requires system, code and display)."""
+    data = tomllib.loads(text)
+    system = data.get("system")
+    codes = data.get("codes", {})
+    lists = data.get("lists", {})
+    if not isinstance(system, str) or not system.startswith("http"):
+        raise ValueError("override reasons: 'system' must be an absolute URI")
+    if not isinstance(codes, dict) or not isinstance(lists, dict):
+        raise ValueError("override reasons: [codes] and [lists] must be tables")
+    parsed: dict[str, list[dict[str, str]]] = {}
+    for name, members in lists.items():
+        if not isinstance(members, list) or not members:
+            raise ValueError(f"override reasons: list {name} must name at least one code")
+        codings = []
+        for code in members:
+            display = codes.get(code)
+            if not isinstance(display, str) or not display.strip():
+                raise ValueError(f"override reasons: list {name} names {code!r}, which has no display in [codes]")
+            codings.append({"system": system, "code": str(code), "display": display})
+        parsed[str(name)] = codings
+    return parsed
+
+
+def parse_templates(text: str, override_text: str = "") -> Templates:
+    """Parse template TOML text and, when given, the override-reason lists (raises ValueError/TOMLDecodeError
+    on malformed structure)."""
     data = tomllib.loads(text)
     rules = data.get("rules", {})
     if not isinstance(rules, dict):
@@ -92,18 +125,21 @@ def parse_templates(text: str) -> Templates:
         widths={k: int(v) for k, v in data.get("widths", {}).items()},
         labs=dict(data.get("labs", {})),
         consults=dict(data.get("consults", {})),
-        override_reasons=list(data.get("override_reasons", [])),
+        override_reasons=parse_override_reasons(override_text) if override_text else {},
         suggestions=dict(data.get("suggestions", {})),
         phrases=dict(data.get("phrases", {})),
         rules={k: dict(v) for k, v in rules.items()},
+        placeholder_text={k: str(v) for k, v in data.get("placeholder_text", {}).items()},
+        evidence_names={k: str(v) for k, v in data.get("evidence_names", {}).items()},
     )
 
 
 @lru_cache(maxsize=1)
 def templates() -> Templates:
-    """The packaged card templates (read once per process)."""
-    text = resources.files("cards").joinpath("templates.toml").read_text(encoding="utf-8")
-    return parse_templates(text)
+    """The packaged card templates and override-reason lists (read once per process)."""
+    package = resources.files("cards")
+    text = package.joinpath("templates.toml").read_text(encoding="utf-8")
+    return parse_templates(text, package.joinpath("override_reasons.toml").read_text(encoding="utf-8"))
 
 
 def _summaries(rule: Mapping[str, Any]) -> dict[str, str]:
@@ -130,11 +166,8 @@ def check_templates(declared: Mapping[str, Iterable[str]], tpl: Templates | None
     for key in ("source_label", "topic_system", "disclaimer", "kdigo_caveat"):
         if not tpl.meta.get(key):
             problems.append(f"templates: [meta] {key} is missing")
-    for reason in tpl.override_reasons:
-        if not reason.get("code") or not reason.get("display"):
-            problems.append("templates: every override reason needs code and display")
     for rule_id, fields in sorted(declared.items()):
-        allowed = set(fields) | GLOBAL_FIELDS
+        allowed = set(fields) | GLOBAL_FIELDS | {MORE_BLOCK}
         rule = tpl.rules.get(rule_id)
         if rule is None:
             problems.append(f"rule {rule_id}: no card template in cards/templates.toml")
@@ -168,8 +201,29 @@ def check_templates(declared: Mapping[str, Iterable[str]], tpl: Templates | None
         for name in placeholders(str(rule.get("detail", ""))):
             if name not in allowed:
                 problems.append(f"rule {rule_id} detail: placeholder {{{name}}} has no evidence field")
+        problems += _check_rule_page_parts(rule_id, rule, tpl)
     for rule_id in sorted(set(tpl.rules) - set(declared)):
         problems.append(f"templates: [rules.{rule_id}] matches no registered rule")
+    return problems
+
+
+def _check_rule_page_parts(rule_id: str, rule: Mapping[str, Any], tpl: Templates) -> list[str]:
+    """The override-reason list a rule names exists; its ``about`` text holds no patient placeholder."""
+    problems: list[str] = []
+    reasons = rule.get("override_reasons")
+    if reasons is not None and (not isinstance(reasons, str) or reasons not in tpl.override_reasons):
+        problems.append(f"rule {rule_id}: override_reasons names unknown list {reasons!r} "
+                        "(lists are defined in cards/override_reasons.toml)")
+    about = rule.get("about")
+    if about is not None:
+        if not isinstance(about, str) or not about.strip():
+            problems.append(f"rule {rule_id}: about must be non-empty markdown text")
+        else:
+            # The rule page is the same for every patient: only reviewed global text may be filled in.
+            for name in set(placeholders(about)) - GLOBAL_FIELDS:
+                problems.append(f"rule {rule_id} about: placeholder {{{name}}} is patient-specific")
+            if not tpl.phrases.get("more_link") or not tpl.phrases.get("more_link_caveat"):
+                problems.append(f"rule {rule_id}: about needs [phrases] more_link and more_link_caveat")
     return problems
 
 
@@ -195,21 +249,56 @@ def render_summary(rule_id: str, fields: Mapping[str, str], variant: str = "") -
     return _fit(text, SUMMARY_LIMIT - 1)
 
 
-def render_detail(rule_id: str, fields: Mapping[str, str]) -> str:
-    """The filled markdown detail, with the disclaimer appended and blank runs collapsed."""
+def rule_page_url(rule_id: str, base_url: str) -> str:
+    """The absolute URL of the rule's explanation page, or '' without a configured public base URL."""
+    return f"{base_url.rstrip('/')}/rules/{rule_id}" if base_url else ""
+
+
+def about_text(rule_id: str) -> str:
+    """The rule's ``about`` markdown (formula, sources, caveats) with global fields filled; '' if none."""
+    tpl = templates()
+    about = tpl.rules[rule_id].get("about")
+    if not isinstance(about, str) or not about.strip():
+        return ""
+    values = _Missing({name: str(tpl.meta.get(name, "")) for name in placeholders(about) if name in GLOBAL_FIELDS})
+    return about.format_map(values).strip()
+
+
+def _more(rule_id: str, base_url: str) -> tuple[str, str]:
+    """(inline line, trailing text) for the rule's ``about`` text. With a base URL: one sentence linking to the
+    rule page, placed at ``{more_md}`` (e.g. after "Why this card") or else at the end. Without one there is no
+    page to link to (evaluate CLI, offline use), so the text itself ends the detail and nothing is lost."""
+    about = about_text(rule_id)
+    if not about:
+        return "", ""
+    if not base_url:
+        return "", about
+    key = "more_link_caveat" if "{kdigo_caveat}" in str(templates().rules[rule_id].get("about", "")) else "more_link"
+    line = text(key, url=rule_page_url(rule_id, base_url))
+    return (line, "") if MORE_BLOCK in placeholders(str(templates().rules[rule_id]["detail"])) else ("", line)
+
+
+def render_detail(rule_id: str, fields: Mapping[str, str], base_url: str = "") -> str:
+    """The filled markdown detail, the rule-page line (or the ``about`` text without a base URL) and the
+    disclaimer appended, blank runs collapsed."""
     tpl = templates()
     detail = str(tpl.rules[rule_id]["detail"])
     values = _Missing()
+    inline_more, trailing_more = _more(rule_id, base_url)
     for name in placeholders(detail):
-        if name in GLOBAL_FIELDS:
+        if name == MORE_BLOCK:
+            values[name] = inline_more
+        elif name in GLOBAL_FIELDS:
             values[name] = str(tpl.meta.get(name, ""))  # reviewed content, not EHR text
         elif name.endswith(BLOCK_SUFFIX):
             values[name] = str(fields.get(name, ""))
         else:
             values[name] = escape_text(fields.get(name, ""))
-    text = detail.format_map(values).strip()
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return f"{text}\n\n*{tpl.meta['disclaimer']}*"
+    body = re.sub(r"[ \t]+\n", "\n", detail.format_map(values)).strip()
+    if trailing_more:
+        body = f"{body}\n\n{trailing_more}"
+    body = re.sub(r"\n{3,}", "\n\n", body)
+    return f"{body}\n\n*{tpl.meta['disclaimer']}*"
 
 
 def phrase(key: str, **values: object) -> str:
@@ -263,17 +352,36 @@ class CardRequest:
     variant: str = ""
     suggestions: Sequence[SuggestionSpec] = ()
     selection_behavior: str = "any"
-    override_reasons: bool = False
+    override_reasons: bool = True  # offer the list the rule's template names (False: offer none)
     patient_id: str = ""
     links_base_url: str = ""       # public base URL of this service; "" = no links (e.g. the evaluate CLI)
+    evidence: Sequence[Mapping[str, Any]] = ()  # the audit evidence behind values_md (for the shared line)
 
 
 @dataclass(frozen=True)
 class RenderedCard:
-    """The card JSON plus the uuids of its suggestions (for the audit log)."""
+    """The card JSON plus the uuids of its suggestions (for the audit log).
+
+    ``fact_keys`` identify the values the card's evidence block shows; ``shared_detail()`` is the same detail with
+    that block given as one line (value, unit, date), for when an earlier card already shows those values (see
+    ``cards.shared.share_evidence``); '' when the card has no evidence block to collapse. It is built only when
+    asked for: most responses never need it, and rendering a detail twice would double the hot path's cost.
+    """
 
     card: dict[str, Any]
     suggestion_uuids: list[str]
+    fact_keys: frozenset[str] = frozenset()
+    request: CardRequest | None = field(default=None, repr=False, compare=False)
+
+    def shared_detail(self) -> str:
+        """The detail with the evidence block as one shared line ('' when there is none to collapse)."""
+        if self.request is None or not self.fact_keys:
+            return ""
+        line = shared_line(self.request.evidence)
+        if not line:
+            return ""
+        fields = {**self.request.fields, VALUES_BLOCK: line}
+        return render_detail(self.request.rule_id, fields, self.request.links_base_url)
 
 
 def _subject(patient_id: str) -> dict[str, Any]:
@@ -340,7 +448,8 @@ def _label(spec: SuggestionSpec) -> str:
     label = tpl.suggestions.get(spec.label, spec.label)
     values = dict(spec.label_values)
     if spec.kind == "labs" and "labs" not in values:
-        values["labs"] = ", ".join(tpl.meta.get("lab_short", {}).get(c, c) for c in spec.labs)
+        # Display names, never a bare LOINC code: the short name, else the [labs] display (issue 13 item 3).
+        values["labs"] = ", ".join(tpl.meta.get("lab_short", {}).get(c) or tpl.labs.get(c, c) for c in spec.labs)
     if spec.kind == "consult" and "consult" not in values:
         values["consult"] = tpl.consults.get(spec.specialty, spec.specialty)
     return label.format_map(_Missing(values))
@@ -365,19 +474,29 @@ def _links(rule_id: str, rule: Mapping[str, Any], base_url: str) -> list[dict[st
     return links
 
 
+def override_reasons_for(rule_id: str) -> list[dict[str, str]]:
+    """The override-reason Codings of the list ``rule_id``'s template names ([] when it names none)."""
+    tpl = templates()
+    name = tpl.rules[rule_id].get("override_reasons")
+    return [dict(r) for r in tpl.override_reasons.get(name, [])] if isinstance(name, str) else []
+
+
 def render_card(request: CardRequest) -> RenderedCard:
     """Build the CDS Hooks 2.0 card JSON for one finding."""
     tpl = templates()
     rule = tpl.rules[request.rule_id]
+    source: dict[str, Any] = {"label": tpl.meta["source_label"]}
+    url = rule_page_url(request.rule_id, request.links_base_url)
+    if url:
+        # CDS Hooks 2.0 Source.url is an absolute URL; without a public base URL it is omitted, never relative.
+        source["url"] = url
+    source["topic"] = {"system": tpl.meta["topic_system"], "code": request.rule_id, "display": rule["title"]}
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
         "summary": render_summary(request.rule_id, request.fields, request.variant),
-        "detail": render_detail(request.rule_id, request.fields),
+        "detail": render_detail(request.rule_id, request.fields, request.links_base_url),
         "indicator": request.indicator if request.indicator in INDICATORS else "info",
-        "source": {
-            "label": tpl.meta["source_label"],
-            "topic": {"system": tpl.meta["topic_system"], "code": request.rule_id, "display": rule["title"]},
-        },
+        "source": source,
     }
     suggestions: list[dict[str, Any]] = []
     for spec in request.suggestions:
@@ -391,8 +510,52 @@ def render_card(request: CardRequest) -> RenderedCard:
     links = _links(request.rule_id, rule, request.links_base_url)
     if links:
         card["links"] = links
-    if request.override_reasons and tpl.override_reasons:
-        card["overrideReasons"] = [
-            {"system": OVERRIDE_SYSTEM, "code": r["code"], "display": r["display"]} for r in tpl.override_reasons
-        ]
-    return RenderedCard(card=card, suggestion_uuids=[s["uuid"] for s in suggestions])
+    reasons = override_reasons_for(request.rule_id) if request.override_reasons else []
+    if reasons:
+        card["overrideReasons"] = reasons
+    return RenderedCard(card=card, suggestion_uuids=[s["uuid"] for s in suggestions], fact_keys=_fact_keys(request),
+                        request=request)
+
+
+def fact_key(item: Mapping[str, Any]) -> str:
+    """Identity of one evidence value: what it is and which resource it came from (its time as a tiebreak)."""
+    return f"{item.get('name', '')}|{item.get('resource_id', '')}|{item.get('time', '')}"
+
+
+def _number(value: float) -> str:
+    """One decimal, or two when one would round the value onto a threshold it does not reach (§8 C13)."""
+    one = f"{value:.1f}"
+    return one if abs(float(one) - value) < 1e-9 else f"{value:.2f}"
+
+
+def shared_line(evidence: Sequence[Mapping[str, Any]]) -> str:
+    """``Values as in the card above: Calcium 10.0 mg/dL, Phosphate 7.5 mg/dL (2025-06-13)`` – value, unit
+    and date of each evidence item in one line; '' without evidence."""
+    tpl = templates()
+    parts: list[str] = []
+    dates: list[str] = []
+    for item in evidence:
+        name = str(item.get("name", ""))
+        value, unit = item.get("value"), str(item.get("unit", ""))
+        if "ionized" in name and isinstance(item.get("original_value"), (int, float)):
+            value, unit = item["original_value"], str(item.get("original_unit", unit))  # labs report mmol/L
+        if not isinstance(value, (int, float)):
+            continue
+        label = tpl.evidence_names.get(name, name.replace("_", " ").capitalize())
+        unit = tpl.evidence_names.get(f"unit:{unit}", unit)
+        parts.append(f"{label} {_number(float(value))} {unit}".strip())
+        dates.append(str(item.get("time", ""))[:10])
+    if not parts:
+        return ""
+    if len(set(dates)) == 1:
+        values = ", ".join(parts) + (f" ({dates[0]})" if dates[0] else "")
+    else:
+        values = ", ".join(f"{p} ({d})" if d else p for p, d in zip(parts, dates, strict=True))
+    return phrase("shared_values", values=values)
+
+
+def _fact_keys(request: CardRequest) -> frozenset[str]:
+    """The values behind the card's evidence block (empty when its template has no block to collapse)."""
+    if not request.evidence or VALUES_BLOCK not in placeholders(str(templates().rules[request.rule_id]["detail"])):
+        return frozenset()
+    return frozenset(fact_key(item) for item in request.evidence)

@@ -60,6 +60,7 @@ def apply_alert_policy(
     records: list[CardRecord] = []
     silent_rules = set(settings.silent_rules)
     history = _alert_history(cards, hook, patient_id, now, settings, audit, silent_rules)
+    pn_shown = _parenteral_nutrition_shown(cards, patient_id, now, audit)
     for assessed in cards:
         disposition = "shown"
         repeat_of: str | None = None
@@ -67,6 +68,8 @@ def apply_alert_policy(
             disposition = "silent"
         elif assessed.rule_id in history.overridden:
             disposition = "suppressed"
+        elif (assessed.rule_id, assessed.order_key) in pn_shown:
+            disposition, repeat_of = "suppressed", pn_shown[assessed.rule_id, str(assessed.order_key)]
         elif hook in ORDER_HOOKS and assessed.order_key is not None:
             repeat_of = history.first_alerts.get((assessed.rule_id, assessed.order_key))
         if disposition == "shown":
@@ -84,6 +87,23 @@ def apply_alert_policy(
             repeat_of=repeat_of,
         ))
     return shown, records
+
+
+PN_ORDER_KEY = "parenteral-nutrition"   # the engine's dedup key for parenteral-nutrition cards (§8 C7)
+PN_WINDOW = timedelta(hours=24)          # §8 C7: at most once per 24 h per patient
+
+
+def _parenteral_nutrition_shown(cards: Sequence[AssessedCardLike], patient_id: str | None, now: datetime,
+                                audit: AuditLog | None) -> dict[tuple[str, str], str]:
+    """(rule, PN key) -> the PN card already shown to this patient in the last 24 h (§8 C7); fails open."""
+    wanted = [(c.rule_id, PN_ORDER_KEY) for c in cards if c.order_key == PN_ORDER_KEY]
+    if not wanted or audit is None or patient_id is None:
+        return {}
+    try:
+        return audit.alert_history(patient_id, [], None, wanted, now - PN_WINDOW).first_alerts
+    except AuditUnavailable:
+        logger.warning("parenteral-nutrition once-per-24 h check skipped: audit log unavailable")
+        return {}
 
 
 def _alert_history(cards: Sequence[AssessedCardLike], hook: str, patient_id: str | None, now: datetime,

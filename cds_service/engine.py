@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cards.render import CardRequest, bullet_block, check_templates, render_card
-from cds_service.rules import RULES, declared_fields, evaluate
+from cards.render import CardRequest, RenderedCard, bullet_block, check_templates, phrase, render_card, text
+from cds_service.rules import INCOMPLETE, RULES, declared_fields, evaluate, incomplete_finding
 from cds_service.rules.base import ORDER_HOOKS, PATIENT_VIEW, Finding
 from fhir_mappings.extract import extract
-from fhir_mappings.facts import DraftOrder, Skipped
+from fhir_mappings.facts import DraftOrder, SetAside, Skipped
 from fhir_mappings.orders import parse_draft_orders
 from fhir_mappings.states import derive_states
 from fhir_mappings.units import unit_table
@@ -48,6 +48,8 @@ class PatientRecord:
     resources: Sequence[dict[str, Any]]
     draft_orders: Sequence[dict[str, Any]] = ()
     selections: Sequence[str] = ()
+    # Data that could not be read although the call is answered (failed / partial fetch): §8 C6 card.
+    unreadable: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,12 @@ class AssessedCard:
     evidence: list[dict[str, Any]]
     suggestion_uuids: list[str]
     order_key: str | None
+    fact_keys: frozenset[str] = frozenset()
+    rendered: RenderedCard | None = None
+
+    def shared_detail(self) -> str:
+        """The detail with the values block as one "values as in the card above" line (issue 13 item 3)."""
+        return self.rendered.shared_detail() if self.rendered is not None else ""
 
 
 @dataclass(frozen=True)
@@ -85,10 +93,29 @@ def _as_list(value: object) -> list[Any]:
     return list(value)
 
 
-def _to_card(finding: Finding, patient_id: str, links_base_url: str = "") -> AssessedCard:
+def set_aside_block(set_aside: Sequence[SetAside]) -> str:
+    """§8 C6/C18: the values set aside, named in the detail of every card that fires ('' when none)."""
+    counts: dict[str, int] = {}
+    for a in set_aside:  # identical results (same value, date and reason) are one line with a count
+        line = phrase("set_aside_line", label=a.label, value=a.value_text or "no value",
+                      date=a.time.strftime("%Y-%m-%d %H:%M UTC") if a.time is not None else "undated",
+                      reason=a.reason)
+        counts[line] = counts.get(line, 0) + 1
+    lines = [line if n == 1 else line + phrase("set_aside_count", count=n)
+             for line, n in list(counts.items())[:SET_ASIDE_SHOWN]]
+    if len(counts) > SET_ASIDE_SHOWN:
+        lines.append(phrase("set_aside_more", count=sum(list(counts.values())[SET_ASIDE_SHOWN:])))
+    return bullet_block("set_aside_heading", lines)
+
+
+SET_ASIDE_SHOWN = 5  # a long list would push the facts off the card; the audit record has every one
+
+
+def _to_card(finding: Finding, patient_id: str, links_base_url: str = "", ignored_md: str = "") -> AssessedCard:
     fields = dict(finding.fields)
+    fields["ignored_md"] = ignored_md
     if finding.folded:
-        fields["folded_md"] = bullet_block("folded_heading", finding.folded)
+        fields["folded_md"] = phrase("folded_line", names="; ".join(dict.fromkeys(finding.folded)))
     rendered = render_card(
         CardRequest(
             rule_id=finding.rule_id,
@@ -100,6 +127,7 @@ def _to_card(finding: Finding, patient_id: str, links_base_url: str = "") -> Ass
             override_reasons=finding.override_reasons,
             patient_id=patient_id,
             links_base_url=links_base_url,
+            evidence=finding.evidence,
         )
     )
     return AssessedCard(
@@ -109,8 +137,23 @@ def _to_card(finding: Finding, patient_id: str, links_base_url: str = "") -> Ass
         indicator=rendered.card["indicator"],
         evidence=finding.evidence,
         suggestion_uuids=rendered.suggestion_uuids,
-        order_key=finding.order.reference if finding.order is not None else None,
+        order_key=_order_key(finding),
+        fact_keys=rendered.fact_keys,
+        rendered=rendered,
     )
+
+
+# §8 C7: a parenteral-nutrition card is shown at most once per 24 h per patient, whichever PN draft raised it,
+# so its dedup key is the patient-level "PN" rather than the draft's reference.
+PN_ORDER_KEY = "parenteral-nutrition"
+
+
+def _order_key(finding: Finding) -> str | None:
+    if finding.order is None:
+        return None
+    if finding.variant == "pn":
+        return PN_ORDER_KEY
+    return finding.order.reference
 
 
 def _patient_id(record: PatientRecord, facts_patient_id: str) -> str:
@@ -132,6 +175,8 @@ def assess(record: PatientRecord, hook: str, now: datetime, options: EngineOptio
     cards: list[AssessedCard] = []
     if hook not in HOOKS:
         return Assessment(cards=[], rules_evaluated=[], skipped=[])
+    patient_id = _patient_id(record, "")
+    ignored_md = ""
     try:
         index = default_index()
         resources = _as_list(record.resources)
@@ -141,29 +186,47 @@ def assess(record: PatientRecord, hook: str, now: datetime, options: EngineOptio
         orders: tuple[DraftOrder, ...] = ()
         if hook in ORDER_HOOKS:
             drafts = _as_list(record.draft_orders)
-            selections = [s for s in _as_list(record.selections) if isinstance(s, str)]
+            # §8.0: on order-sign every draft is a trigger (there are no selections to honour).
+            selections = [] if hook == "order-sign" else [
+                s for s in _as_list(record.selections) if isinstance(s, str)]
             parsed, order_skips = parse_draft_orders(drafts, selections, index)
             skipped.extend(order_skips)
             orders = tuple(parsed)
             facts = replace(facts, orders=orders)
         state = derive_states(facts)
-        findings, evaluated = evaluate(
-            state, hook, orders, is_option_on=lambda name: bool(getattr(options, name, False))
+        skipped.extend(state.facts.skipped[len(facts.skipped):])  # post-dialysis samples set aside (§8 C18)
+        ignored_md = set_aside_block(state.facts.set_aside)
+        result = evaluate(
+            state, hook, orders, is_option_on=lambda name: bool(getattr(options, name, False)),
+            unreadable=[str(u) for u in _as_list(record.unreadable)],
         )
+        evaluated = result.evaluated
+        skipped.extend(Skipped("rule", rule_id, "rule raised an exception; reported on an incomplete card")
+                       for rule_id in result.failed)
         patient_id = _patient_id(record, facts.patient_id)
-        for finding in findings:
-            try:
-                cards.append(_to_card(finding, patient_id, options.links_base_url))
-            except Exception:  # a template problem must not lose the other cards
-                log.exception("rendering card for rule %s failed", finding.rule_id)
-    except Exception:  # last line of defence: decision support must never crash the hook call
+        findings = result.findings
+    except Exception:  # last line of defence (§8 C6): say so on a card rather than answer "nothing found"
         log.exception("assessment failed for hook %s", hook)
-        skipped.append(Skipped("engine", "", "internal error during evaluation; no cards"))
+        skipped.append(Skipped("engine", "", "internal error during evaluation; incomplete card returned"))
+        findings = [incomplete_finding([text("incomplete_engine")], [])]
+    for finding in findings:
+        try:
+            cards.append(_to_card(finding, patient_id, options.links_base_url, ignored_md))
+        except Exception:  # a template problem must not lose the other cards; say so (§8 C6)
+            log.exception("rendering card for rule %s failed", finding.rule_id)
+            skipped.append(Skipped("card", finding.rule_id, "card could not be rendered"))
+            if finding.rule_id != INCOMPLETE:
+                try:
+                    cards.append(_to_card(incomplete_finding([finding.rule_id], []), patient_id,
+                                          options.links_base_url))
+                except Exception:
+                    log.exception("rendering the incomplete card failed")
     return Assessment(cards=cards, rules_evaluated=evaluated, skipped=[s.as_dict() for s in skipped])
 
 
 def check_content() -> list[str]:
-    """Start-up content check: value sets, unit table and card templates. Empty list = OK."""
+    """Start-up content check: value sets, unit table, card templates and the FHIR resources they build.
+    Empty list = OK."""
     problems: list[str] = []
     problems.extend(default_index().problems)
     try:
@@ -171,4 +234,8 @@ def check_content() -> list[str]:
     except (OSError, ValueError) as exc:
         problems.append(f"fhir_mappings/units.toml: {exc}")
     problems.extend(check_templates(declared_fields()))
+    # The FHIR resources card suggestions carry, built from the templates and validated as R4B (issue #14).
+    from cds_service.fhir_validation import check_template_resources
+
+    problems.extend(check_template_resources())
     return problems

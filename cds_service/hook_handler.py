@@ -13,16 +13,17 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from cards.shared import share_evidence
 from cds_service.alert_policy import apply_alert_policy
 from cds_service.audit.records import CardRecord, HookCallRecord
 from cds_service.auth import ClientIdentity
 from cds_service.engine import PatientRecord, assess
 from cds_service.errors import ServiceError
 from cds_service.hook_models import HookRequest, parse_hook_request
-from cds_service.metrics import record_cards, record_prefetch_unavailable
-from cds_service.prefetch import ResolvedData, resolve_prefetch
+from cds_service.metrics import record_cards, record_prefetch_unavailable, record_rule_failures
+from cds_service.prefetch import SOURCE_FAILED, SOURCE_PARTIAL, ResolvedData, resolve_prefetch
 from cds_service.runtime import Runtime
-from cds_service.services import ServiceDefinition
+from cds_service.services import ServiceDefinition, key_words
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,14 @@ def handle_hook_call(runtime: Runtime, service: ServiceDefinition, body: Any,
         if links_base_url:
             options = replace(options, links_base_url=links_base_url)
         assessment = assess(_patient_record(request, data), service.hook, now, options)
+        record_rule_failures(s["id"] for s in assessment.skipped if s.get("resource_type") == "rule")
         skipped, rules_evaluated = assessment.skipped, assessment.rules_evaluated
         shown, card_records = apply_alert_policy(
             assessment.cards, hook=service.hook, patient_id=request.patient_id, now=now,
             settings=runtime.settings, audit=runtime.audit,
         )
-        outcome = HookOutcome(200, {"cards": shown})
+        # Each fact once per response: a later card repeating values already shown says so in one line.
+        outcome = HookOutcome(200, {"cards": share_evidence(shown, assessment.cards)})
     except ServiceError as exc:
         error = exc.audit_code
         outcome = HookOutcome(exc.status, exc.to_outcome())
@@ -100,8 +103,11 @@ def _patient_record(request: HookRequest, data: ResolvedData) -> PatientRecord:
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if isinstance(resource, dict):
                 draft_orders.append(resource)
+    # §8 C6: data that could not be (fully) read although the call is answered is named on a card.
+    unreadable = list(dict.fromkeys(key_words(key) for key, source in data.sources.items()
+                                    if source in (SOURCE_FAILED, SOURCE_PARTIAL)))
     return PatientRecord(patient=patient, resources=resources, draft_orders=draft_orders,
-                         selections=request.selections)
+                         selections=request.selections, unreadable=unreadable)
 
 
 def _raw_field(body: Any, key: str) -> str:

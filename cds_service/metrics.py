@@ -79,6 +79,7 @@ class _Metrics:
     cards: Counter
     fallback_fetches: Counter
     fallback_duration: Histogram
+    rule_failures: Counter
     audit_failures: Counter
 
 
@@ -124,6 +125,10 @@ def _create_metrics() -> _Metrics:
             "cds_prefetch_fallback_fetch_duration_seconds",
             "Duration of one fallback FHIR fetch (all its pages), by kind.",
             ["kind"], buckets=_FETCH_BUCKETS),
+        rule_failures=Counter(
+            "cds_rule_failures",
+            "Rules that raised during evaluation (reported on an evaluation-incomplete card, §8 C6), by rule id.",
+            ["rule_id"]),
         audit_failures=Counter(
             "cds_audit_failures",
             "Audit database operations that failed (records then go to the spool), by operation.",
@@ -168,6 +173,13 @@ def timed_fallback_fetch(kind: str, fetch: Callable[[str], T], target: str) -> T
 def record_fallback_outcome(kind: str, outcome: str) -> None:
     """Count one fallback fetch by outcome: ok, truncated, error or deadline."""
     _metrics().fallback_fetches.labels(kind, outcome).inc()
+
+
+def record_rule_failures(rule_ids: Iterable[str]) -> None:
+    """Count the rules that raised in one hook call (§8 C6: isolated, audited and shown as incomplete)."""
+    counter = _metrics().rule_failures
+    for rule_id in rule_ids:
+        counter.labels(rule_id).inc()
 
 
 def record_audit_failure(operation: str) -> None:

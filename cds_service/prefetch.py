@@ -7,6 +7,10 @@ Per prefetch key:
   with the fhirAuthorization bearer token ("fetched"), or record "failed";
 - a required key that cannot be obtained -> 412 Precondition Failed with an OperationOutcome.
 Independent fetches run concurrently, under one overall deadline, so a slow server costs one round trip.
+
+Several keys may search the same resource type (a code list split to keep URLs short, or the warfarin history
+next to the active medications, cds_service/services.py): their results are merged in discovery order and a
+resource that two of them return is kept once, so prefetched and fetched data give the same record.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import logging
 import re
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 from urllib.parse import quote
 
@@ -33,7 +38,7 @@ from cds_service.fhir_client import (
 )
 from cds_service.hook_models import HookRequest
 from cds_service.metrics import record_fallback_outcome, timed_fallback_fetch
-from cds_service.services import ServiceDefinition
+from cds_service.services import ServiceDefinition, resource_type_of
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +130,7 @@ def resolve_prefetch(service: ServiceDefinition, request: HookRequest, settings:
 
     if to_fetch or continue_paging:
         _fetch_missing(data, to_fetch, continue_paging, request, settings, session, executor)
+    _merge_in_key_order(data, service)
 
     unavailable = [spec.key for spec in service.prefetch
                    if spec.required and data.sources.get(spec.key) == SOURCE_FAILED]
@@ -135,6 +141,42 @@ def resolve_prefetch(service: ServiceDefinition, request: HookRequest, settings:
             "Send the prefetch advertised by GET /cds-services, or fhirServer with fhirAuthorization."
         )
     return data
+
+
+def _merge_in_key_order(data: ResolvedData, service: ServiceDefinition) -> None:
+    """Put the keys in discovery order, and keep once a resource that two keys of one resource type returned.
+
+    Fetched keys arrive after prefetched ones; discovery order makes the record the same either way. Only
+    types searched by more than one key are checked, so the common single-key types cost nothing.
+    """
+    shared = _shared_type_keys(service)
+    seen: set[tuple[str, str]] = set()
+    ordered: dict[str, list[dict[str, Any]]] = {}
+    for spec in service.prefetch:
+        if spec.key not in data.resources:
+            continue
+        resources = data.resources[spec.key]
+        if spec.key in shared:
+            kept = []
+            for resource in resources:
+                rid, rtype = resource.get("id"), resource.get("resourceType")
+                if isinstance(rid, str) and isinstance(rtype, str):
+                    if (rtype, rid) in seen:
+                        continue
+                    seen.add((rtype, rid))
+                kept.append(resource)
+            resources = kept
+        ordered[spec.key] = resources
+    data.resources = ordered
+
+
+@cache
+def _shared_type_keys(service: ServiceDefinition) -> frozenset[str]:
+    """The keys of ``service`` whose resource type another key searches too (fixed per service)."""
+    by_type: dict[str, list[str]] = {}
+    for spec in service.prefetch:
+        by_type.setdefault(resource_type_of(spec.template), []).append(spec.key)
+    return frozenset(key for keys in by_type.values() if len(keys) > 1 for key in keys)
 
 
 def _fetch_missing(data: ResolvedData, to_fetch: dict[str, str], continue_paging: dict[str, str],

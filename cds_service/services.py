@@ -1,14 +1,23 @@
 """The three CDS services this product offers, and their discovery metadata and prefetch templates.
 
 Prefetch templates follow CDS Hooks 2.0 "Prefetch Template": tokens name only root-level context fields
-(``{{context.patientId}}``), searches use the R4 ``_sort=-date`` form and a bounded ``_count``, and the
-Observation query is filtered by the LOINC codes of the lab value sets the rules use, so discovery and the
-clinical mapping can never drift apart.
+(``{{context.patientId}}``), searches use the R4 ``_sort=-date`` form and a bounded ``_count``. Every code
+filter is BUILT from the value set files (fhir_mappings/valuesets/*.json), never kept by hand: each ``lab-*``
+set feeds the Observation query, each ``proc-*`` set the Procedure query, so a code added to a value set is
+fetched the moment it ships (issue 13 item 2, "every code a rule reads is fetched"). The same templates are
+the fallback queries run against ``fhirServer`` when prefetch is missing (cds_service/prefetch.py).
+
+URL length: real EHR front ends refuse long GET URLs (IIS's default query-string limit is 2,048 bytes). A
+code list that would make a query longer than ``MAX_QUERY_CHARS`` is split into several keys of the same
+search (``procedures``, ``procedures2``, ...), whole value sets kept together where they fit; the service
+merges their results. Conditions and active medications carry no code filter at all: ICD-10-CM ``is-a``
+members and medication text patterns cannot be expressed as a token list, and an unfiltered search cannot
+miss a code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -22,6 +31,23 @@ _OBSERVATION_COUNT = 250
 _CONDITION_COUNT = 250
 _PROCEDURE_COUNT = 100
 _MEDICATION_COUNT = 100
+_SERVICE_REQUEST_COUNT = 50
+
+PATIENT_PLACEHOLDER = "{{context.patientId}}"
+# Longest query (the part after the FHIR base URL) discovery may advertise, measured with a 64-character patient
+# id (the FHIR R4 id maximum) and each "|" percent-encoded (%7C, 3 bytes), as RFC 3986 requires. 1,800 leaves
+# ~240 bytes of a 2,048-byte limit for the base URL.
+MAX_QUERY_CHARS = 1800
+_LONGEST_PATIENT_ID = "x" * 64
+
+# Value sets read from resources other than their prefix says (clinical-rules.md §8.0 "C2/C7 data": "an
+# active ServiceRequest for CRRT"; §8.0 C16: warfarin MedicationRequests/Statements of ANY status within 90
+# days, because inpatient warfarin is re-ordered daily and a stopped order is still recent exposure).
+SERVICE_REQUEST_VALUESETS = ("proc-crrt",)
+MEDICATION_HISTORY_VALUESETS = ("med-warfarin",)
+# The ServiceRequest statuses the rules accept (§8.0: active; on-hold and draft orders are kept so the rules,
+# not the query, decide).
+_SERVICE_REQUEST_STATUSES = "active,on-hold,draft"
 
 
 @dataclass(frozen=True)
@@ -56,37 +82,111 @@ class ServiceDefinition:
         }
 
 
-def _code_filter(valueset_ids: Iterable[str]) -> str:
-    """``system|code,system|code`` token list (FHIR token search, OR) of every coded member."""
+def valuesets_for(prefix: str, declared: Iterable[str] = ()) -> tuple[str, ...]:
+    """Ids of every value set whose file name starts with ``prefix`` (``"lab-"``), plus ``declared``, sorted.
+
+    Built from the files, so a new value set (``lab-magnesium``, ``proc-parathyroidectomy``) is fetched even
+    before a list in fhir_mappings names it.
+    """
+    loaded = {vs for vs in default_index().loaded if vs.startswith(prefix)}
+    return tuple(sorted(loaded | set(declared)))
+
+
+def code_tokens(valueset_ids: Iterable[str]) -> list[list[str]]:
+    """Per value set, its ``system|code`` search tokens (FHIR token search) not already given by an earlier set.
+
+    Only enumerated concepts: ICD-10-CM ``is-a`` filters have no token form (they are never used on the
+    Observation/Procedure/ServiceRequest/medication searches built here).
+    """
     index = default_index()
-    tokens: list[str] = []
+    seen: set[str] = set()
+    groups: list[list[str]] = []
     for valueset_id in valueset_ids:
+        tokens = []
         for system in sorted({s for (s, _code), ids in index.by_code.items() if valueset_id in ids}):
             for code in index.codes_of(valueset_id, system):
                 token = f"{system}|{code}"
-                if token not in tokens:
+                if token not in seen:
+                    seen.add(token)
                     tokens.append(token)
-    return ",".join(tokens)
+        groups.append(tokens)
+    return groups
+
+
+def query_length(template: str) -> int:
+    """What ``template`` costs in a GET URL after the base: a 64-character patient id and ``|`` as ``%7C``."""
+    return len(template.replace(PATIENT_PLACEHOLDER, _LONGEST_PATIENT_ID)) + 2 * template.count("|")
+
+
+def _pack(groups: Sequence[list[str]], room: int) -> list[list[str]]:
+    """Split the token groups into lists whose ``,``-joined, ``|``-encoded length fits ``room``.
+
+    Greedy, in order, keeping a value set's tokens together when they fit in one list (so, e.g., daily dialysis
+    sessions and a transplant done years ago can land in separate searches that page separately).
+    """
+    def cost(tokens: Sequence[str]) -> int:
+        return sum(len(t) + 2 * t.count("|") for t in tokens) + max(len(tokens) - 1, 0)
+
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    for group in groups:
+        if not group:
+            continue
+        if current and cost(current + group) > room:
+            chunks.append(current)
+            current = []
+        for token in group:
+            if current and cost([*current, token]) > room:
+                chunks.append(current)
+                current = []
+            current.append(token)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _coded_search(key: str, resource: str, valueset_ids: Iterable[str], tail: str,
+                  required: bool) -> list[PrefetchKey]:
+    """``resource?patient=..&code=<tokens><tail>`` keys for every code of ``valueset_ids``, split to fit.
+
+    No key at all when the value sets have no enumerated code (an empty ``code=`` would match nothing).
+    """
+    head = f"{resource}?patient={PATIENT_PLACEHOLDER}&code="
+    room = MAX_QUERY_CHARS - query_length(head + tail)
+    chunks = _pack(code_tokens(valueset_ids), room)
+    return [
+        PrefetchKey(key if n == 0 else f"{key}{n + 1}", head + ",".join(chunk) + tail, required)
+        for n, chunk in enumerate(chunks)
+    ]
+
+
+def _recent_search(key: str, resource: str, valueset_ids: Iterable[str], tail: str) -> list[PrefetchKey]:
+    """An optional search without a code filter, only when one of ``valueset_ids`` has text patterns."""
+    patterns = default_index().text_patterns
+    if not any(patterns.get(valueset_id) for valueset_id in valueset_ids):
+        return []
+    return [PrefetchKey(key, f"{resource}?patient={PATIENT_PLACEHOLDER}{tail}", required=False)]
 
 
 @cache
 def _prefetch_keys() -> tuple[PrefetchKey, ...]:
-    patient = "{{context.patientId}}"
+    patient = PATIENT_PLACEHOLDER
     return (
         PrefetchKey("patient", f"Patient/{patient}", required=True),
-        PrefetchKey(
-            "observations",
-            f"Observation?patient={patient}&code={_code_filter(LAB_VALUESETS)}"
-            f"&_sort=-date&_count={_OBSERVATION_COUNT}",
-            required=True,
-        ),
+        *_coded_search("observations", "Observation", valuesets_for("lab-", LAB_VALUESETS),
+                       f"&_sort=-date&_count={_OBSERVATION_COUNT}", required=True),
+        # No code filter: the condition value sets use ICD-10-CM is-a (prefix) members, and every state
+        # (CKD stage, transplant, graft failure, AKI, calciphylaxis, ...) reads the problem list.
         PrefetchKey("conditions", f"Condition?patient={patient}&_count={_CONDITION_COUNT}", required=True),
-        PrefetchKey(
-            "procedures",
-            f"Procedure?patient={patient}&code={_code_filter(PROCEDURE_VALUESETS)}"
-            f"&_sort=-date&_count={_PROCEDURE_COUNT}",
-            required=False,
-        ),
+        *_coded_search("procedures", "Procedure", valuesets_for("proc-", PROCEDURE_VALUESETS),
+                       f"&_sort=-date&_count={_PROCEDURE_COUNT}", required=False),
+        # A procedure set matched by text (e.g. "parathyroidectomy" with no code, §8.0 C2) cannot be searched by
+        # code: the most recent procedures of every code are fetched as well, newest first.
+        *_recent_search("recentProcedures", "Procedure", valuesets_for("proc-", PROCEDURE_VALUESETS),
+                        f"&_sort=-date&_count={_PROCEDURE_COUNT}"),
+        *_coded_search("serviceRequests", "ServiceRequest", SERVICE_REQUEST_VALUESETS,
+                       f"&status={_SERVICE_REQUEST_STATUSES}&_count={_SERVICE_REQUEST_COUNT}", required=False),
+        # Active medications: no code filter, because drugs are matched by RxNorm code or by text pattern.
         PrefetchKey(
             "medications",
             f"MedicationRequest?patient={patient}&status=active,on-hold&_count={_MEDICATION_COUNT}",
@@ -97,14 +197,42 @@ def _prefetch_keys() -> tuple[PrefetchKey, ...]:
             f"MedicationStatement?patient={patient}&status=active&_count={_MEDICATION_COUNT}",
             required=False,
         ),
+        # §8.0 C16: warfarin of any status (the rule itself sets aside entered-in-error and > 90 days), newest
+        # first so a long history of daily re-orders cannot push the recent ones past the page cap.
+        *_coded_search("warfarinRequests", "MedicationRequest", MEDICATION_HISTORY_VALUESETS,
+                       f"&_sort=-authoredon&_count={_MEDICATION_COUNT}", required=False),
+        *_coded_search("warfarinStatements", "MedicationStatement", MEDICATION_HISTORY_VALUESETS,
+                       f"&_sort=-effective&_count={_MEDICATION_COUNT}", required=False),
     )
 
 
+# What each prefetch key holds, in a clinician's words (the incomplete card and the viewer name unreadable data).
+KEY_WORDS = {
+    "patient": "patient demographics", "observations": "laboratory results", "conditions": "problem list",
+    "procedures": "dialysis, transplant and other procedures", "recentProcedures": "recent procedures",
+    "serviceRequests": "CRRT orders", "medications": "active medication orders",
+    "medicationStatements": "medication statements", "warfarinRequests": "warfarin order history",
+    "warfarinStatements": "warfarin medication statements",
+}
+
+
+def key_words(key: str) -> str:
+    """The words for a prefetch key (split keys such as ``procedures2`` read as their base key)."""
+    return KEY_WORDS.get(key.rstrip("0123456789"), key)
+
+
+def resource_type_of(template: str) -> str:
+    """The resource type a template reads or searches: ``Observation`` for ``Observation?patient=...``."""
+    return template.split("?", 1)[0].split("/", 1)[0]
+
+
 _USAGE = (
-    "Needs the patient's serum calcium, phosphate, albumin, PTH, 25-OH vitamin D, ALP and eGFR Observations, "
-    "Conditions, dialysis/transplant Procedures and active medications: either prefetched as advertised, or "
-    "fetchable from fhirServer with fhirAuthorization (patient/Observation.rs, Condition.rs, Procedure.rs, "
-    "MedicationRequest.rs, MedicationStatement.rs, Patient.r). Without them it answers 412."
+    "Needs the patient's serum calcium, phosphate, albumin, PTH, 25-OH vitamin D, ALP, eGFR, potassium and "
+    "magnesium Observations, Conditions, dialysis/CRRT/transplant/parathyroidectomy Procedures, active CRRT "
+    "ServiceRequests, active medications and any warfarin order or statement: either prefetched as advertised, "
+    "or fetchable from fhirServer with fhirAuthorization (patient/Observation.rs, Condition.rs, Procedure.rs, "
+    "ServiceRequest.rs, MedicationRequest.rs, MedicationStatement.rs, Patient.r). Without the Patient, "
+    "Observations and Conditions it answers 412."
 )
 
 

@@ -31,6 +31,9 @@ class LabResult:
     ref_low: float | None = None   # lab reference range, canonical unit
     ref_high: float | None = None
     status: str = "final"
+    # §8 C11: True when ref_low/ref_high came from a referenceRange whose `age` band covers the patient's age.
+    ref_age_banded: bool = False
+    interpretation: str = ""   # first code of Observation.interpretation ("H", "HH", "L", "LL", ...)
 
     @property
     def is_lower_bound(self) -> bool:
@@ -68,7 +71,8 @@ _NO_REPORTS: frozenset[str] = frozenset()
 def new_lab_result(
     analyte: str, kind: str, value: float, unit: str, original_value: float, original_unit: str, time: datetime,
     resource_type: str, resource_id: str, code: str, comparator: str, time_uncertain: bool, specimen: str,
-    ref_low: float | None, ref_high: float | None, status: str,
+    ref_low: float | None, ref_high: float | None, status: str, ref_age_banded: bool = False,
+    interpretation: str = "",
 ) -> LabResult:
     """``LabResult(...)`` with no reports, built ~3x faster for the extraction hot path (issue #7).
 
@@ -85,6 +89,7 @@ def new_lab_result(
         "original_unit": original_unit, "time": time, "resource_type": resource_type, "resource_id": resource_id,
         "code": code, "comparator": comparator, "time_uncertain": time_uncertain, "specimen": specimen,
         "reports": _NO_REPORTS, "ref_low": ref_low, "ref_high": ref_high, "status": status,
+        "ref_age_banded": ref_age_banded, "interpretation": interpretation,
     })
     return obj
 
@@ -105,13 +110,21 @@ class ConditionFact:
 
 @dataclass(frozen=True)
 class ProcedureFact:
-    """A completed / in-progress Procedure in one of the procedure value sets."""
+    """A completed / in-progress Procedure in one of the procedure value sets.
+
+    §8.0 procedure dates: ``start`` = performedDateTime, else performedPeriod.start; ``end`` = performedPeriod.end,
+    else start + 4 h; ``time`` = ``end`` (what "within N days" tests). performedString/Age/Range or no value: all
+    None (undated: history, never current).
+    """
 
     groups: frozenset[str]
     code: str
     display: str
     time: datetime | None
     resource_id: str
+    start: datetime | None = None
+    end: datetime | None = None
+    status: str = ""
 
 
 def new_condition_fact(
@@ -127,22 +140,41 @@ def new_condition_fact(
 
 
 def new_procedure_fact(
-    groups: frozenset[str], code: str, display: str, time: datetime | None, resource_id: str
+    groups: frozenset[str], code: str, display: str, time: datetime | None, resource_id: str,
+    start: datetime | None = None, end: datetime | None = None, status: str = "",
 ) -> ProcedureFact:
     """``ProcedureFact(...)`` without the frozen ``__init__``'s per-field calls (see ``new_lab_result``)."""
     obj = _new_instance(ProcedureFact)
     _set_attribute(obj, "__dict__", {
-        "groups": groups, "code": code, "display": display, "time": time, "resource_id": resource_id})
+        "groups": groups, "code": code, "display": display, "time": time, "resource_id": resource_id,
+        "start": start, "end": end, "status": status})
     return obj
 
 
 @dataclass(frozen=True)
 class MedicationFact:
-    """An active medication (MedicationRequest or MedicationStatement) classified by value set."""
+    """A medication (MedicationRequest or MedicationStatement) classified by value set.
+
+    ``time``: MedicationRequest.authoredOn; MedicationStatement.effective[x] (dateTime, or period end else start), else
+    dateAsserted (§8.0 C16). None when absent or unusable.
+    """
 
     classes: frozenset[str]
     name: str
     resource_type: str
+    resource_id: str
+    status: str = ""
+    time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ServiceRequestFact:
+    """An active / on-hold / draft ServiceRequest whose code is in a procedure value set (§8.0 C2/C7: CRRT)."""
+
+    groups: frozenset[str]
+    code: str
+    display: str
+    status: str
     resource_id: str
 
 
@@ -160,7 +192,8 @@ class DraftOrder:
     is_calcium_chloride: bool
     central_line: bool
     selected: bool
-    excluded_reason: str = ""  # thiosulfate / dialysate / lock solution ...
+    excluded_reason: str = ""  # thiosulfate / dialysate / lock solution / CRRT fluid ...
+    is_parenteral_nutrition: bool = False  # §8 C7: a PN admixture (caps R08/R09 at info)
 
     @property
     def reference(self) -> str:
@@ -182,6 +215,21 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class SetAside:
+    """A result set aside as a data error (§8 C6): implausible value or date. Named on cards, never used.
+
+    Unlike ``Skipped`` it carries the value as reported, for the card detail; it must never be logged.
+    """
+
+    resource_type: str
+    resource_id: str
+    label: str                 # display name of the analyte, e.g. "Calcium"
+    value_text: str            # as reported, e.g. "30 mg/dL"; "" if none
+    time: datetime | None
+    reason: str                # short words for a clinician, e.g. "dated in the future"
+
+
+@dataclass(frozen=True)
 class PatientFacts:
     """Everything the rules may use about one patient at one invocation time."""
 
@@ -196,6 +244,10 @@ class PatientFacts:
     medications: tuple[MedicationFact, ...] = ()
     orders: tuple[DraftOrder, ...] = ()
     skipped: tuple[Skipped, ...] = field(default_factory=tuple)
+    set_aside: tuple[SetAside, ...] = ()
+    # §8.0 C16: every classified MedicationRequest/Statement of any status except entered-in-error.
+    medication_history: tuple[MedicationFact, ...] = ()
+    service_requests: tuple[ServiceRequestFact, ...] = ()
 
     def results(self, *kinds: str) -> list[LabResult]:
         """Results of the given kinds (value set ids), newest first (a new list the caller may change).

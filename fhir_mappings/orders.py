@@ -33,6 +33,18 @@ INJECTABLE_FORM = re.compile(
     re.IGNORECASE,
 )
 CALCIUM_CHLORIDE = re.compile(r"\bcalcium\s+chloride\b", re.IGNORECASE)
+# §8 C7 (D): a parenteral-nutrition admixture, by its name: generic words or the common three-chamber / premixed
+# brands (Clinimix, Kabiven / Perikabiven / SMOFKabiven, Olimel, Nutriflex, ProcalAmine).
+PARENTERAL_NUTRITION = re.compile(
+    r"\b((total|peripheral|partial)\s+)?parenteral\s+nutrition\b|\b[TP]PN\b|^\s*PN\b|\bPN\s+(admixture|bag|solution)\b"
+    r"|\bhyperalimentation\b|\bclinimix\b|\b(smof|peri)?kabiven\b|\bolimel\b|\bnutriflex\b|\bprocalamine\b",
+    re.IGNORECASE,
+)
+MAGNESIUM_BINDER = "med-magnesium-binder"
+ALUMINIUM_BINDER = "med-aluminium-binder"
+AL_MG_BINDER = "med-al-mg-binder"
+# A UCUM annotation such as "{pill}" or "{tbl}" is not a unit a clinician reads (issue 13: never "1 {pill}").
+_UCUM_ANNOTATION = re.compile(r"\{[^{}]*\}")
 # D: wording that documents central venous access (calcium chloride belongs on a central line).
 CENTRAL_LINE = re.compile(r"\b(central(\s+(line|venous|vein))?|cvc|picc|port-?a-?cath)\b", re.IGNORECASE)
 
@@ -79,18 +91,37 @@ def _route_kind(request: Mapping[str, Any], index: CodeIndex) -> tuple[str, str]
 
 
 def _dose_text(request: Mapping[str, Any]) -> str:
+    """The first dosage as a clinician reads it: its text, else "value unit" of the first doseQuantity.
+
+    UCUM annotations are dropped ("1 {pill}" -> "1"); a unit that is only an annotation falls back to the other
+    spelling (``unit`` display vs ``code``) when that one is readable.
+    """
     dosages = request.get("dosageInstruction")
     first = dosages[0] if isinstance(dosages, list) and dosages else dosages
     if not isinstance(first, dict):
         return ""
     dose_text = first.get("text")
     if isinstance(dose_text, str):
-        return dose_text
-    for dr in first.get("doseAndRate") or []:
+        return _without_annotations(dose_text)
+    rates = first.get("doseAndRate")
+    for dr in rates if isinstance(rates, list) else []:
         q = dr.get("doseQuantity") if isinstance(dr, dict) else None
-        if isinstance(q, dict) and q.get("value") is not None:
-            return f"{q.get('value')} {q.get('unit') or q.get('code') or ''}".strip()
+        if isinstance(q, dict) and q.get("value") is not None and not isinstance(q.get("value"), (dict, list)):
+            units = [_without_annotations(u) for u in (q.get("unit"), q.get("code")) if isinstance(u, str)]
+            unit = next((u for u in units if u), "")
+            return f"{_number_text(q.get('value'))} {unit}".strip()
     return ""
+
+
+def _without_annotations(text: str) -> str:
+    return " ".join(_UCUM_ANNOTATION.sub(" ", text).split())
+
+
+def _number_text(value: object) -> str:
+    """``1`` for 1.0, otherwise the value as given."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
 
 
 def _note_text(request: Mapping[str, Any]) -> str:
@@ -114,11 +145,12 @@ def parse_order(
         if exclusion in classes or (product_text and index.text_matches(exclusion, product_text)):
             excluded = exclusion
     inferred = False
+    parenteral_nutrition = bool(PARENTERAL_NUTRITION.search(product_text))
     if excluded:
-        classes = set()
+        classes = set()  # thiosulfate, dialysate, CRRT fluids, lock solutions: never R08/R09 (§2.8.4, §8.0 C7)
     else:
         oral_form = bool(ORAL_FORM.search(product_text))
-        injectable_form = bool(INJECTABLE_FORM.search(product_text))
+        injectable_form = parenteral_nutrition or bool(INJECTABLE_FORM.search(product_text))
         for iv_class in (IV_CALCIUM, IV_PHOSPHATE):
             if iv_class not in classes:
                 continue
@@ -134,6 +166,11 @@ def parse_order(
                 classes.discard(iv_class)
         if ORAL_CALCIUM in classes and route == "iv":
             classes.discard(ORAL_CALCIUM)
+        if route == "iv" or (injectable_form and not oral_form):
+            # §8 C17: R21 covers oral binders and supplements; IV magnesium is out of scope.
+            classes.discard(MAGNESIUM_BINDER)
+            if ALUMINIUM_BINDER not in classes:
+                classes.discard(AL_MG_BINDER)
     context_text = " ".join([route_text, _dose_text(request), _note_text(request)])
     return DraftOrder(
         resource_id=str(request.get("id") or ""),
@@ -147,6 +184,7 @@ def parse_order(
         central_line=bool(CENTRAL_LINE.search(context_text)),
         selected=selected,
         excluded_reason=excluded,
+        is_parenteral_nutrition=parenteral_nutrition,
     )
 
 

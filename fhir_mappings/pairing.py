@@ -78,9 +78,11 @@ def _same_specimen(ca: LabResult, p: LabResult) -> bool:
     return bool(ca.reports & p.reports)
 
 
-def _dialysis_between(ca: LabResult, p: LabResult, dialysis_times: Sequence[datetime]) -> bool:
+def _dialysis_between(ca: LabResult, p: LabResult, sorted_times: Sequence[datetime]) -> bool:
+    """A session start strictly between the two draws: one bisection over the sorted session times."""
     lo, hi = sorted((ca.time, p.time))
-    return any(lo < t < hi for t in dialysis_times)
+    i = bisect_right(sorted_times, lo)
+    return i < len(sorted_times) and sorted_times[i] < hi
 
 
 def best_pair(
@@ -93,6 +95,7 @@ def best_pair(
 
     Candidates are found by time window (bisect) and by specimen, so long histories stay cheap.
     """
+    sessions = sorted(dialysis_times)
     phos = sorted(phosphate, key=lambda r: r.time)
     phos_times = [r.time for r in phos]
     by_specimen: dict[str, list[LabResult]] = {}
@@ -116,7 +119,7 @@ def best_pair(
             if not same:
                 if abs(ca.time - p.time) > max_gap:
                     continue
-                if _dialysis_between(ca, p, dialysis_times):
+                if _dialysis_between(ca, p, sessions):
                     continue  # pre- and post-dialysis values are not comparable (section 2.5.3, D)
             pair = CaPPair(ca, p, same)
             key = (pair.time, 1 if same else 0, -pair.gap.total_seconds())

@@ -1,26 +1,32 @@
-"""Derived patient states (clinical-rules.md section 2.7) computed once per evaluation from facts.
+"""Derived patient states (clinical-rules.md section 2.7, revision 2 in section 8) computed once per evaluation.
 
 Only *established* conditions contribute: a possible diagnosis (provisional, differential, ...) never
 raises a card on its own (section 2.1, D), so it is left out of every state here.
+
+Before any state is derived, results drawn during or up to 6 h after an intermittent haemodialysis session are
+set aside (§8.0, §8 C18): they are not comparable with pre-dialysis values and no rule may use them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from fhir_mappings.facts import LabResult, PatientFacts
+from fhir_mappings.facts import ConditionFact, LabResult, PatientFacts, ProcedureFact, SetAside, Skipped
 from fhir_mappings.pairing import CaPPair, best_pair
 
 # --- thresholds (each cites its source in clinical-rules.md) -------------------------------------------
 CA_MG_PER_MMOL = 4.008
 HYPERCALCEMIA_MG_DL = 10.2          # KDOQI 2003 guideline 6.3 (2.54 mmol/L); section 2.7
-SEVERE_HYPERCALCEMIA_MG_DL = 12.0   # calcium gluconate labeling: symptoms at >= 12 mg/dL; section 2.7
+MODERATE_HYPERCALCEMIA_MG_DL = 12.0  # §8 C10: moderate >= 12.0 (R04 warning, R08/R09 threshold)
+SEVERE_HYPERCALCEMIA_MG_DL = 14.0   # §8 C10: severe >= 14.0
 HYPOCALCEMIA_MG_DL = 8.4            # section R23 default lower limit (D)
 IONIZED_HIGH_MG_DL = 1.32 * CA_MG_PER_MMOL   # UnityPoint ionized Ca range 1.12-1.32 mmol/L; section 2.4
 IONIZED_LOW_MG_DL = 1.12 * CA_MG_PER_MMOL
-IONIZED_SEVERE_MG_DL = 1.6 * CA_MG_PER_MMOL  # ionized >= 1.6 mmol/L severe (D, R04/R08)
+IONIZED_MODERATE_MG_DL = 1.6 * CA_MG_PER_MMOL  # §8 C10: ionized moderate >= 1.6 mmol/L (D)
+IONIZED_SEVERE_MG_DL = 2.0 * CA_MG_PER_MMOL    # §8 C10: ionized severe >= 2.0 mmol/L (D)
 PAYNE_FACTOR = 0.8                  # Payne, BMJ 1973: Ca + 0.8 x (4.0 - albumin); section 2.3
 PAYNE_NORMAL_ALBUMIN = 4.0
 ALBUMIN_PAIR_WINDOW = timedelta(hours=24)   # section 2.3 (D)
@@ -32,7 +38,10 @@ PTH_MARKED_MULTIPLE = 9.0           # KDIGO 2017 G5D iPTH ~2-9 x ULN; section 2.
 HYPOALBUMINEMIA_G_DL = 3.5          # section 2.7 (D; calciphylaxis co-factor only)
 OBESITY_BMI = 30.0                  # section 2.7 OBESE
 BMI_WINDOW = timedelta(days=365)
-DIALYSIS_PROCEDURE_WINDOW = timedelta(days=30)   # section 2.1 (D)
+DIALYSIS_PROCEDURE_WINDOW = timedelta(days=30)   # section 2.1 (D); §8 C5: dated sessions only
+POST_DIALYSIS_WINDOW = timedelta(hours=6)        # §8.0 / C18: start < t <= end + 6 h is post-dialysis
+CRRT_ACTIVE_WINDOW = timedelta(hours=24)         # §8.0 C2/C7: CRRT in progress or ended within 24 h
+PARATHYROIDECTOMY_WINDOW = timedelta(days=30)    # §8 C2: hungry bone after parathyroidectomy
 EGFR_WINDOW = timedelta(days=365)                # section 2.6
 EGFR_SUSTAINED = timedelta(days=90)              # KDIGO 2012 chronicity; section 2.7
 EGFR_G5, EGFR_G4, EGFR_G3 = 15.0, 30.0, 60.0     # KDIGO 2012 GFR categories
@@ -46,23 +55,47 @@ TLS_POTASSIUM = 6.0
 ADULT_AGE = 18.0
 ALBUMIN_WINDOW = timedelta(days=90)              # D: albumin co-factor must be current
 
+# §8 C5: true dialysis evidence (conditions); ESRD codes count only in the transplant comparison.
+DIALYSIS_CONDITIONS = ("cond-ckd-stage-5-dialysis", "cond-dialysis-dependence")
+ESRD_CONDITIONS = ("cond-esrd",)
+# §8.0: peritoneal dialysis and CRRT samples are never post-dialysis; every other session is intermittent.
+NON_INTERMITTENT = frozenset({"proc-dialysis-peritoneal", "proc-crrt"})
+# Lab kinds that are not blood chemistry drawn around a session (a BMI is not "post-dialysis").
+NOT_DRAWN = frozenset({"lab-bmi"})
+
 
 @dataclass(frozen=True)
 class CalciumStatus:
-    """Hypercalcemia classification by the section 2.3 preference order."""
+    """Hypercalcemia classification by the section 2.3 preference order, graded by §8 C10."""
 
     basis: str                      # "ionized" | "corrected (lab)" | "corrected" | "measured"
     value: float                    # mg/dL (ionized stays ionized, never converted to total)
     result: LabResult               # the calcium result the classification rests on
     albumin: LabResult | None
     high: bool
-    severe: bool
+    grade: str                      # "" | "mild" | "moderate" | "severe" (§8 C10; only when high)
     low: bool
+    high_limit: float = HYPERCALCEMIA_MG_DL   # the ULN that decided ``high`` (mg/dL)
 
     @property
     def time(self) -> datetime:
         """When the calcium was drawn."""
         return self.result.time
+
+    @property
+    def at_least_moderate(self) -> bool:
+        """Total/corrected >= 12.0 mg/dL or ionized >= 1.6 mmol/L (R04 warning; R08/R09 threshold, §8 C10)."""
+        return self.grade in ("moderate", "severe")
+
+
+@dataclass(frozen=True)
+class DialysisSession:
+    """One dated dialysis Procedure (§8.0 procedure dates)."""
+
+    start: datetime
+    end: datetime
+    intermittent: bool
+    crrt: bool
 
 
 @dataclass(frozen=True)
@@ -73,12 +106,12 @@ class PatientState:
     age: float | None
     female: bool
     ckd_stage: str | None           # "G5D" | "G5" | "G4" | "G3" | None
-    ckd_source: str
+    ckd_source: str                 # words: what the stage rests on (display names, never raw codes)
     kidney_tx: bool
     other_tx: bool
     tls_active: bool
     tls_reason: str
-    calciphylaxis_dx: bool          # calciphylaxis or calcinosis cutis (L94.2) documented
+    calciphylaxis_dx: bool          # §8 C4: calciphylaxis only (never L94.2)
     ctd: tuple[str, ...]
     obese: bool
     diabetes: bool
@@ -91,6 +124,13 @@ class PatientState:
     pth: LabResult | None
     albumin: LabResult | None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    on_dialysis: bool = False       # §8 C5: dialysis evidence (not an ESRD code alone)
+    calcinosis_cutis_dx: bool = False   # §8 C4: L94.2, its own state
+    calciphylaxis_onset: datetime | None = None
+    crrt_active: bool = False       # §8.0 C2/C7
+    citrate_on_crrt: bool = False
+    parathyroidectomy: ProcedureFact | None = None   # completed within 30 days (§8 C2)
+    transplant_over_dialysis: bool = False           # §8 C5: stale dialysis evidence, transplant wins
 
     @property
     def now(self) -> datetime:
@@ -124,12 +164,21 @@ class PatientState:
         return self.pth.ref_high if self.pth and self.pth.ref_high else PTH_DEFAULT_ULN
 
     def phosphate_high(self, result: LabResult | None = None) -> bool:
-        """HYPERPHOSPHATEMIA: adults > 4.5 mg/dL or > lab ULN; under 18 the lab range only."""
+        """HYPERPHOSPHATEMIA: adults > 4.5 mg/dL or > lab ULN.
+
+        Under 18 only an age-banded lab range counts, or ``interpretation`` H/HH together with one (§8 C11:
+        adolescent phosphate runs above the adult 4.5 mg/dL and labs often send adult ranges).
+        """
         p = result or self.phosphate
         if p is None:
             return False
+        if not self.adult:
+            if not p.ref_age_banded:
+                return False
+            above_band = p.ref_high is not None and p.exceeds(p.ref_high)
+            return above_band or (p.interpretation in ("H", "HH") and not p.is_upper_bound)
         above_lab = p.ref_high is not None and p.exceeds(p.ref_high)
-        return above_lab if not self.adult else (p.exceeds(PHOSPHATE_HIGH_MG_DL) or above_lab)
+        return p.exceeds(PHOSPHATE_HIGH_MG_DL) or above_lab
 
     def phosphate_above_g5_target(self, result: LabResult | None = None) -> bool:
         """P > 5.5 mg/dL (KDOQI stage-5 target)."""
@@ -156,19 +205,28 @@ def _nearest(results: Sequence[LabResult], anchor: LabResult, window: timedelta)
     return best
 
 
-def calcium_status(facts: PatientFacts, age: float | None) -> CalciumStatus | None:
-    """Classify the newest calcium: ionized within 24 h, else corrected, else measured (section 2.3)."""
+def _grade(value: float, moderate: float, severe: float) -> str:
+    return "severe" if value >= severe else "moderate" if value >= moderate else "mild"
+
+
+def calcium_status(facts: PatientFacts, age: float | None, use_ionized: bool = True) -> CalciumStatus | None:
+    """Classify the newest calcium: ionized within 24 h, else corrected, else measured (section 2.3).
+
+    ``use_ionized=False`` gives the corrected-or-total classification alone (the §8 C2 marker order falls back
+    to it when no ionized calcium is recent).
+    """
     total_list = facts.results("lab-calcium-total") or facts.results("lab-calcium-blood")
-    ionized_list = facts.results("lab-calcium-ionized")
+    ionized_list = facts.results("lab-calcium-ionized") if use_ionized else []
     total = total_list[0] if total_list else None
     ionized = ionized_list[0] if ionized_list else None
     if ionized is not None and (total is None or ionized.time >= total.time - IONIZED_PAIR_WINDOW):
         high_limit = ionized.ref_high if ionized.ref_high else IONIZED_HIGH_MG_DL
         low_limit = ionized.ref_low if ionized.ref_low else IONIZED_LOW_MG_DL
+        high = ionized.exceeds(high_limit)
         return CalciumStatus(
-            basis="ionized", value=ionized.value, result=ionized, albumin=None,
-            high=ionized.exceeds(high_limit), severe=ionized.exceeds(IONIZED_SEVERE_MG_DL, inclusive=True),
-            low=ionized.below(low_limit),
+            basis="ionized", value=ionized.value, result=ionized, albumin=None, high=high,
+            grade=_grade(ionized.value, IONIZED_MODERATE_MG_DL, IONIZED_SEVERE_MG_DL) if high else "",
+            low=ionized.below(low_limit), high_limit=high_limit,
         )
     if total is None:
         return None
@@ -180,16 +238,17 @@ def calcium_status(facts: PatientFacts, age: float | None) -> CalciumStatus | No
     elif albumin is not None:
         value = total.value + PAYNE_FACTOR * (PAYNE_NORMAL_ALBUMIN - albumin.value)
         basis = "corrected"
-    # Children: the lab's own (age-specific) range decides; adult cut-offs do not apply (D).
+    # Children: an age-banded lab range decides when there is one (§8 C11); adult cut-offs otherwise.
     child = age is not None and age < ADULT_AGE
-    high_limit = total.ref_high if child and total.ref_high else HYPERCALCEMIA_MG_DL
-    low_limit = total.ref_low if child and total.ref_low else HYPOCALCEMIA_MG_DL
+    banded = child and total.ref_age_banded
+    high_limit = total.ref_high if banded and total.ref_high else HYPERCALCEMIA_MG_DL
+    low_limit = total.ref_low if banded and total.ref_low else HYPOCALCEMIA_MG_DL
     upper_bound, lower_bound = total.is_upper_bound, total.is_lower_bound
+    high = not upper_bound and value > high_limit
     return CalciumStatus(
-        basis=basis, value=value, result=total, albumin=albumin,
-        high=not upper_bound and value > high_limit,
-        severe=not upper_bound and value >= SEVERE_HYPERCALCEMIA_MG_DL,
-        low=not lower_bound and value < low_limit,
+        basis=basis, value=value, result=total, albumin=albumin, high=high,
+        grade=_grade(value, MODERATE_HYPERCALCEMIA_MG_DL, SEVERE_HYPERCALCEMIA_MG_DL) if high else "",
+        low=not lower_bound and value < low_limit, high_limit=high_limit,
     )
 
 
@@ -207,31 +266,149 @@ def _sustained_below(egfrs: Sequence[LabResult], upper: float, now: datetime) ->
     return False
 
 
-def _ckd_stage(facts: PatientFacts, kidney_tx: bool, dialysis_recent: bool) -> tuple[str | None, str]:
-    def cond_source(*groups: str) -> str:
-        found = facts.conditions_in(*groups)
-        return f"Condition {found[0].code}" if found else ""
+def dialysis_sessions(procedures: Iterable[ProcedureFact]) -> list[DialysisSession]:
+    """Dated dialysis treatments (§8.0): intermittent unless peritoneal or CRRT; sorted by start."""
+    sessions = [
+        DialysisSession(p.start, p.end, intermittent=not (p.groups & NON_INTERMITTENT), crrt="proc-crrt" in p.groups)
+        for p in procedures
+        if "proc-dialysis" in p.groups and p.start is not None and p.end is not None
+    ]
+    sessions.sort(key=lambda s: s.start)
+    return sessions
 
-    dialysis_cond = cond_source("cond-ckd-stage-5-dialysis", "cond-dialysis-dependence")
-    if dialysis_cond:
-        return "G5D", dialysis_cond
-    if dialysis_recent:
-        return "G5D", "dialysis procedure within 30 days"
-    esrd = cond_source("cond-esrd")
-    if esrd and not kidney_tx:  # ESRD alone means dialysis unless transplant evidence exists
-        return "G5D", esrd
+
+POST_DIALYSIS_REASON = "drawn during or within 6 h after a haemodialysis session"
+
+
+def set_aside_post_dialysis(facts: PatientFacts) -> PatientFacts:
+    """Remove results drawn from the start of an intermittent session to 6 h after its end (§8.0, §8 C18).
+
+    O((labs + sessions) log sessions): sessions sorted by start with a running maximum of their window ends, so
+    each result is one bisection. The removed results are named in ``set_aside`` (cards) and ``skipped`` (audit).
+    """
+    windows = [(s.start, s.end + POST_DIALYSIS_WINDOW) for s in dialysis_sessions(facts.procedures) if s.intermittent]
+    if not windows or not facts.labs:
+        return facts
+    starts = [w[0] for w in windows]
+    reach: list[datetime] = []
+    for _start, until in windows:
+        reach.append(until if not reach or until > reach[-1] else reach[-1])
+    kept: list[LabResult] = []
+    aside: list[SetAside] = []
+    skipped: list[Skipped] = []
+    for lab in facts.labs:
+        i = bisect_left(starts, lab.time)  # sessions [0, i) started strictly before the draw
+        if lab.kind not in NOT_DRAWN and i > 0 and lab.time <= reach[i - 1]:
+            aside.append(SetAside("Observation", lab.resource_id, _label(lab), _reported(lab), lab.time,
+                                  POST_DIALYSIS_REASON))
+            skipped.append(Skipped("Observation", lab.resource_id, "post-dialysis sample set aside"))
+        else:
+            kept.append(lab)
+    if not aside:
+        return facts
+    unique = {(a.resource_id, a.label): a for a in aside}  # one result may be in two lab kinds
+    return replace(facts, labs=tuple(kept), set_aside=facts.set_aside + tuple(unique.values()),
+                   skipped=facts.skipped + tuple(dict.fromkeys(skipped)))
+
+
+_LABELS = {"calcium": "Calcium", "phosphate": "Phosphate", "albumin": "Albumin", "pth": "PTH",
+           "potassium": "Potassium", "magnesium": "Magnesium", "egfr": "eGFR", "creatinine": "Creatinine",
+           "urate": "Urate", "alp": "Alkaline phosphatase", "bicarbonate": "Bicarbonate",
+           "vitamin_d_25oh": "25-OH vitamin D", "vitamin_d_125": "1,25-(OH)2 vitamin D"}
+
+
+def _label(lab: LabResult) -> str:
+    if lab.kind == "lab-calcium-ionized":
+        return "Ionized calcium"
+    return _LABELS.get(lab.analyte, lab.analyte)
+
+
+def _reported(lab: LabResult) -> str:
+    return f"{lab.comparator}{lab.original_value:g} {lab.original_unit}".strip()
+
+
+def _newest(times: Iterable[datetime | None]) -> tuple[bool, datetime | None]:
+    """(any evidence, newest date); undated evidence is older than any dated evidence (§8.0)."""
+    found = False
+    newest: datetime | None = None
+    for t in times:
+        found = True
+        if t is not None and (newest is None or t > newest):
+            newest = t
+    return found, newest
+
+
+def _condition_words(cond: ConditionFact) -> str:
+    """A condition as a clinician reads it: its display name (never a bare code, §13 item 3)."""
+    return cond.display or GROUP_NAMES.get(next(iter(sorted(cond.groups)), ""), "a coded diagnosis")
+
+
+GROUP_NAMES = {
+    "cond-ckd-stage-5-dialysis": "CKD stage 5 on dialysis",
+    "cond-dialysis-dependence": "dependence on renal dialysis",
+    "cond-esrd": "end-stage renal disease",
+    "cond-ckd-stage-5": "CKD stage 5",
+    "cond-ckd-stage-4": "CKD stage 4",
+    "cond-ckd-stage-3": "CKD stage 3",
+}
+
+
+def _stage_from_egfr(egfrs: Sequence[LabResult], now: datetime) -> tuple[str | None, str]:
+    """§8 C5 details: the most recent eGFR within 365 days, one value sufficing."""
+    latest = next((r for r in egfrs if now - r.time <= EGFR_WINDOW), None)
+    if latest is None:
+        return None, ""
+    for stage, upper in (("G5", EGFR_G5), ("G4", EGFR_G4), ("G3", EGFR_G3)):
+        if latest.below(upper):
+            return stage, f"eGFR {latest.value:.0f} on {latest.time:%Y-%m-%d}, after kidney transplant"
+    return None, ""
+
+
+@dataclass(frozen=True)
+class _Renal:
+    stage: str | None
+    source: str
+    on_dialysis: bool
+    kidney_tx: bool
+    transplant_over_dialysis: bool
+
+
+def _renal(facts: PatientFacts) -> _Renal:
+    """CKD stage with §8 C5: dialysis means dialysis sessions; transplant wins over stale dialysis evidence."""
+    now = facts.now
+    dialysis_procs = [p for p in facts.procedures if "proc-dialysis" in p.groups]
+    current_session = any(p.time is not None and now - p.time <= DIALYSIS_PROCEDURE_WINDOW for p in dialysis_procs)
+    dialysis_conds = facts.conditions_in(*DIALYSIS_CONDITIONS)
+    esrd_conds = facts.conditions_in(*ESRD_CONDITIONS)
+    tx_conds = facts.conditions_in("cond-kidney-transplant")
+    tx_procs = [p for p in facts.procedures if "proc-kidney-transplant" in p.groups]
+    kidney_tx = bool(tx_conds or tx_procs)
+    if kidney_tx and (dialysis_conds or esrd_conds or dialysis_procs) and not current_session \
+            and not facts.has_condition("cond-kidney-graft-failure"):
+        _, tx_time = _newest([c.time for c in tx_conds] + [p.time for p in tx_procs])
+        _, dialysis_time = _newest([c.time for c in dialysis_conds + esrd_conds] + [p.time for p in dialysis_procs])
+        # Undated counts as older than any dated evidence; on a tie dialysis wins (§8 C5 details).
+        if tx_time is not None and (dialysis_time is None or tx_time > dialysis_time):
+            stage, source = _stage_from_egfr(facts.results("lab-egfr"), now)
+            return _Renal(stage, source, False, True, True)
+    if dialysis_conds:
+        return _Renal("G5D", _condition_words(dialysis_conds[0]), True, kidney_tx, False)
+    if current_session:
+        return _Renal("G5D", "dialysis session within 30 days", True, kidney_tx, False)
+    if esrd_conds and not kidney_tx:  # an ESRD code alone is treated as G5D, worded "ESRD" (§8 C5)
+        return _Renal("G5D", _condition_words(esrd_conds[0]), False, kidney_tx, False)
     egfrs = facts.results("lab-egfr")
     for stage, groups, upper in (
         ("G5", ("cond-ckd-stage-5",), EGFR_G5),
         ("G4", ("cond-ckd-stage-4",), EGFR_G4),
         ("G3", ("cond-ckd-stage-3",), EGFR_G3),
     ):
-        source = cond_source(*groups)
-        if source:
-            return stage, source
+        found = facts.conditions_in(*groups)
+        if found:
+            return _Renal(stage, _condition_words(found[0]), False, kidney_tx, False)
         if _sustained_below(egfrs, upper, facts.now):
-            return stage, f"eGFR < {upper:g} for at least 90 days"
-    return None, ""
+            return _Renal(stage, f"eGFR < {upper:g} for at least 90 days", False, kidney_tx, False)
+    return _Renal(None, "", False, kidney_tx, False)
 
 
 def _tls(facts: PatientFacts, adult: bool) -> tuple[bool, str]:
@@ -239,7 +416,7 @@ def _tls(facts: PatientFacts, adult: bool) -> tuple[bool, str]:
     for cond in facts.conditions_in("cond-tumor-lysis"):
         times = [t for t in (cond.time, cond.recorded) if t is not None]
         if not times or any(now - t <= TLS_DX_WINDOW for t in times):
-            return True, f"tumor lysis syndrome diagnosis ({cond.code})"
+            return True, f"tumor lysis syndrome diagnosis ({_condition_words(cond)})"
     if not facts.has_condition("cond-malignancy", "cond-multiple-myeloma", "cond-leukemia"):
         return False, ""
     latest = [r for r in (
@@ -268,44 +445,65 @@ def _tls(facts: PatientFacts, adult: bool) -> tuple[bool, str]:
     return False, ""
 
 
+# §8.0: citrate anticoagulation is recognised by text on an active medication (D).
+CITRATE_WORD = "citrate"
+
+
+def _crrt(facts: PatientFacts, sessions: Sequence[DialysisSession]) -> tuple[bool, bool]:
+    """(CRRT active, citrate anticoagulation on CRRT) per §8.0 C2/C7 data."""
+    now = facts.now
+    active = any(s.crrt and s.start <= now and now - s.end <= CRRT_ACTIVE_WINDOW for s in sessions) or any(
+        "proc-crrt" in p.groups and p.status == "in-progress" for p in facts.procedures
+    ) or any("proc-crrt" in r.groups and r.status == "active" for r in facts.service_requests)
+    citrate = active and any(
+        CITRATE_WORD in m.name.lower() and "med-oral-calcium" not in m.classes for m in facts.medications
+    )
+    return active, citrate
+
+
+def _parathyroidectomy(facts: PatientFacts) -> ProcedureFact | None:
+    """A completed parathyroidectomy within 30 days (§8.0 C2 data)."""
+    for p in facts.procedures:
+        if ("proc-parathyroidectomy" in p.groups and p.status == "completed" and p.time is not None
+                and facts.now - p.time <= PARATHYROIDECTOMY_WINDOW):
+            return p
+    return None
+
+
 def derive_states(facts: PatientFacts) -> PatientState:
-    """Compute every section 2.7 state from ``facts``."""
+    """Compute every section 2.7 / §8 state from ``facts`` (post-dialysis samples are set aside first)."""
+    sessions = dialysis_sessions(facts.procedures)
+    facts = set_aside_post_dialysis(facts)
     now = facts.now
     age = facts.age_years()
-    dialysis_times = tuple(
-        p.time for p in facts.procedures if "proc-dialysis" in p.groups and p.time is not None
-    )
-    dialysis_recent = any(
-        "proc-dialysis" in p.groups and (p.time is None or now - p.time <= DIALYSIS_PROCEDURE_WINDOW)
-        for p in facts.procedures
-    )
-    kidney_tx = facts.has_condition("cond-kidney-transplant") or any(
-        "proc-kidney-transplant" in p.groups for p in facts.procedures
-    )
-    stage, source = _ckd_stage(facts, kidney_tx, dialysis_recent)
+    renal = _renal(facts)
     adult = age is None or age >= ADULT_AGE
     tls, tls_reason = _tls(facts, adult)
     bmi = next(iter(facts.results("lab-bmi")), None)
     albumin = next(iter(facts.results("lab-albumin")), None)
     calcium = facts.results("lab-calcium-total") or facts.results("lab-calcium-blood")
+    dialysis_times = tuple(s.start for s in sessions if s.intermittent)
     pair = best_pair(calcium, facts.results("lab-phosphate"), dialysis_times)
     ctd = tuple(
-        c.display or c.code
+        _condition_words(c)
         for c in facts.conditions_in(
             "cond-dermatomyositis", "cond-juvenile-dermatomyositis", "cond-systemic-sclerosis", "cond-sle"
         )
     )
+    calciphylaxis = facts.conditions_in("cond-calciphylaxis")
+    onsets = [c.time for c in calciphylaxis if c.time is not None]
+    crrt_active, citrate = _crrt(facts, sessions)
     return PatientState(
         facts=facts,
         age=age,
         female=facts.gender == "female",
-        ckd_stage=stage,
-        ckd_source=source,
-        kidney_tx=kidney_tx,
+        ckd_stage=renal.stage,
+        ckd_source=renal.source,
+        kidney_tx=renal.kidney_tx,
         other_tx=facts.has_condition("cond-other-transplant"),
         tls_active=tls,
         tls_reason=tls_reason,
-        calciphylaxis_dx=facts.has_condition("cond-calciphylaxis", "cond-calcinosis-cutis"),
+        calciphylaxis_dx=bool(calciphylaxis),
         ctd=ctd,
         obese=facts.has_condition("cond-obesity")
         or (bmi is not None and now - bmi.time <= BMI_WINDOW and bmi.exceeds(OBESITY_BMI, inclusive=True)),
@@ -320,4 +518,11 @@ def derive_states(facts: PatientFacts) -> PatientState:
         phosphate=next(iter(facts.results("lab-phosphate")), None),
         pth=next(iter(facts.results("lab-pth")), None),
         albumin=albumin,
+        on_dialysis=renal.on_dialysis,
+        calcinosis_cutis_dx=facts.has_condition("cond-calcinosis-cutis"),
+        calciphylaxis_onset=min(onsets) if onsets else None,
+        crrt_active=crrt_active,
+        citrate_on_crrt=citrate,
+        parathyroidectomy=_parathyroidectomy(facts),
+        transplant_over_dialysis=renal.transplant_over_dialysis,
     )

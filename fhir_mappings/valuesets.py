@@ -46,7 +46,7 @@ _SYSTEM_ALIASES = {
 LAB_VALUESETS = (
     "lab-calcium-total", "lab-calcium-blood", "lab-calcium-ionized", "lab-calcium-corrected",
     "lab-phosphate", "lab-albumin", "lab-pth", "lab-vitamin-d-25oh", "lab-vitamin-d-125", "lab-alp",
-    "lab-creatinine", "lab-egfr", "lab-potassium", "lab-urate", "lab-bmi", "lab-bicarbonate",
+    "lab-creatinine", "lab-egfr", "lab-potassium", "lab-urate", "lab-bmi", "lab-bicarbonate", "lab-magnesium",
 )
 CONDITION_VALUESETS = (
     "cond-esrd", "cond-ckd-stage-5", "cond-ckd-stage-5-dialysis", "cond-dialysis-dependence",
@@ -55,13 +55,16 @@ CONDITION_VALUESETS = (
     "cond-dermatomyositis", "cond-juvenile-dermatomyositis", "cond-systemic-sclerosis", "cond-sle",
     "cond-sarcoidosis", "cond-tumor-lysis", "cond-milk-alkali", "cond-malignancy",
     "cond-multiple-myeloma", "cond-leukemia", "cond-paget", "cond-diabetes", "cond-obesity", "cond-aki",
-    "cond-hypervitaminosis-d",
+    "cond-hypervitaminosis-d", "cond-kidney-graft-failure",
 )
-PROCEDURE_VALUESETS = ("proc-dialysis", "proc-kidney-transplant")
+# proc-dialysis-peritoneal and proc-crrt are subsets of proc-dialysis (§8.0): a PD or CRRT session is in both.
+PROCEDURE_VALUESETS = (
+    "proc-dialysis", "proc-dialysis-peritoneal", "proc-crrt", "proc-kidney-transplant", "proc-parathyroidectomy",
+)
 MEDICATION_VALUESETS = (
     "med-iv-calcium", "med-iv-phosphate", "med-oral-calcium", "med-vitamin-d", "med-active-vitamin-d",
-    "med-nadroparin", "med-warfarin", "med-al-mg-binder", "med-sodium-bicarbonate", "med-thiosulfate",
-    "med-calcium-exclusions",
+    "med-nadroparin", "med-warfarin", "med-al-mg-binder", "med-aluminium-binder", "med-magnesium-binder",
+    "med-sodium-bicarbonate", "med-thiosulfate", "med-calcium-exclusions",
 )
 ROUTE_VALUESETS = ("route-iv", "route-not-iv")
 EXPECTED_VALUESETS = (
@@ -92,6 +95,8 @@ class CodeIndex:
     # ICD-10-CM is-a filters: (value set id, undotted prefix)
     icd_prefixes: list[tuple[str, str]] = field(default_factory=list)
     text_patterns: dict[str, list[re.Pattern[str]]] = field(default_factory=dict)
+    # (system, code) -> the display the value set files give it: a name for a coded fact that came without one
+    displays: dict[tuple[str, str], str] = field(default_factory=dict)
     loaded: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     # (system, code) as sent -> value set ids. The index does not change after build_index, and a record
@@ -180,6 +185,18 @@ class CodeIndex:
             entry = self._text_matchers[valueset_id] = (len(patterns), _text_matcher(patterns))
         return entry[1](text)
 
+    def display_of(self, codings: Iterable[tuple[str, str, str]]) -> str:
+        """The value-set display of the first of ``codings`` (system, code, display) that has one, else "".
+
+        Cards name facts by display, never by raw code (issue 13); the EHR's own text always comes first.
+        """
+        for system, code, _display in codings:
+            if isinstance(code, str):
+                found = self.displays.get((normalize_system(system), code.strip()))
+                if found:
+                    return _display_name(found)
+        return ""
+
     def codes_of(self, valueset_id: str, system: str) -> list[str]:
         """Enumerated codes of one system in a value set (sorted), e.g. LOINCs for a prefetch query."""
         return sorted(c for (s, c), ids in self.by_code.items() if s == system and valueset_id in ids)
@@ -220,6 +237,17 @@ def _no_match(_text: str) -> bool:
     return False
 
 
+# SNOMED's semantic tag, and the value sets' own note on product codes whose RxNorm name the source did not give.
+_DISPLAY_NOTE = re.compile(
+    r"\s+\((disorder|finding|procedure|situation|substance|product|regime/therapy|name not shown in source)\)$")
+
+
+def _display_name(display: str) -> str:
+    """A value-set display as a name: "Hemodialysis (procedure)" -> "Hemodialysis"; "calcium gluconate injectable
+    product (name not shown in source)" -> "calcium gluconate injectable product"."""
+    return _DISPLAY_NOTE.sub("", display)
+
+
 def _add_valueset(index: CodeIndex, vs_id: str, resource: Mapping[str, Any]) -> None:
     index.forget_lookups()
     compose = resource.get("compose")
@@ -232,6 +260,9 @@ def _add_valueset(index: CodeIndex, vs_id: str, resource: Mapping[str, Any]) -> 
             code = concept.get("code") if isinstance(concept, dict) else None
             if isinstance(code, str) and code.strip():
                 index.by_code.setdefault((system, code.strip()), set()).add(vs_id)
+                display = concept.get("display")
+                if isinstance(display, str) and display.strip():
+                    index.displays.setdefault((system, code.strip()), display.strip())
         for flt in include.get("filter") or []:
             if not isinstance(flt, dict):
                 continue

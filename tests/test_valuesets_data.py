@@ -31,6 +31,7 @@ EXPECTED_IDS = {
     "lab-urate",
     "lab-bmi",
     "lab-bicarbonate",
+    "lab-magnesium",
     "cond-esrd",
     "cond-ckd-stage-5",
     "cond-ckd-stage-5-dialysis",
@@ -58,8 +59,12 @@ EXPECTED_IDS = {
     "cond-obesity",
     "cond-aki",
     "cond-hypervitaminosis-d",
+    "cond-kidney-graft-failure",
     "proc-dialysis",
+    "proc-dialysis-peritoneal",
+    "proc-crrt",
     "proc-kidney-transplant",
+    "proc-parathyroidectomy",
     "med-iv-calcium",
     "med-iv-phosphate",
     "med-oral-calcium",
@@ -68,6 +73,8 @@ EXPECTED_IDS = {
     "med-nadroparin",
     "med-warfarin",
     "med-al-mg-binder",
+    "med-aluminium-binder",
+    "med-magnesium-binder",
     "med-sodium-bicarbonate",
     "med-thiosulfate",
     "med-calcium-exclusions",
@@ -89,6 +96,13 @@ KNOWN_CRITICAL = {
     "26643006",
     "E88.3",
     "L94.2",
+    "14866-8",  # §8 C8
+    "19123-9",  # §8 C17
+    "2601-3",
+    "6298-4",  # §8.0 specimen exception
+    "T86.11",  # §8 C5
+    "T86.12",
+    "714749008",  # CRRT
 }
 FILES = sorted(VALUESET_DIR.glob("*.json"))
 
@@ -229,3 +243,66 @@ def test_iv_route_text_pattern(text: str, expected: bool) -> None:
 def test_removed_unverified_codes_are_absent() -> None:
     removed = {"237900002", "190969000", "31848007", "62382002", "17863-2", "E83.59", "E83.52"}
     assert not removed & _all_codes()
+
+
+def _codes(vs_id: str) -> set[tuple[str, str]]:
+    return {(inc["system"], c["code"]) for inc in _includes(_load(VALUESET_DIR / f"{vs_id}.json"))
+            for c in inc.get("concept", [])}
+
+
+def test_calciphylaxis_and_calcinosis_cutis_are_split() -> None:
+    """§8 C4: L94.2 is calcinosis cutis only; calciphylaxis is matched by its own text pattern."""
+    assert not _includes(_load(VALUESET_DIR / "cond-calciphylaxis.json"))
+    assert {c for _s, c in _codes("cond-calcinosis-cutis")} == {"L94.2"}
+    assert _matches("cond-calciphylaxis", "Calcific uremic arteriolopathy")
+    assert not _matches("cond-calciphylaxis", "Calcinosis cutis")
+
+
+def test_dialysis_set_holds_treatments_only() -> None:
+    """§8 C5: no access, catheter, measurement, albumin dialysis or haemoperfusion codes."""
+    removed = {"10848006", "180273006", "238316008", "238317004", "427053002", "439278006", "439976001", "90997"}
+    codes = {c for _s, c in _codes("proc-dialysis")}
+    assert not removed & codes
+    assert {"302497006", "71192002", "714749008", "90935"} <= codes
+    for vs_id in ("proc-dialysis", "proc-dialysis-peritoneal", "proc-crrt"):
+        displays = [c["display"].lower() for inc in _includes(_load(VALUESET_DIR / f"{vs_id}.json"))
+                    for c in inc["concept"]]
+        assert not [d for d in displays if re.search(r"catheter|measurement|albumin|hemoperfusion", d)]
+
+
+def test_peritoneal_and_crrt_sets_are_disjoint_subsets_of_dialysis() -> None:
+    """§8.0: a PD or CRRT session is in both groups; every other dialysis code is intermittent."""
+    dialysis, pd, crrt = _codes("proc-dialysis"), _codes("proc-dialysis-peritoneal"), _codes("proc-crrt")
+    assert pd
+    assert crrt
+    assert pd <= dialysis
+    assert crrt <= dialysis
+    assert not pd & crrt
+    assert ("http://snomed.info/sct", "302497006") not in pd | crrt  # haemodialysis stays intermittent
+
+
+def test_binder_classes_split_the_general_one() -> None:
+    """§8 C17: every Al/Mg binder code is in exactly one specific class; the general class is their union."""
+    general, al, mg = _codes("med-al-mg-binder"), _codes("med-aluminium-binder"), _codes("med-magnesium-binder")
+    assert al
+    assert mg
+    assert al | mg == general
+    assert not al & mg
+    assert {c for _s, c in al} >= {"612"}
+    assert {c for _s, c in mg} >= {"6581", "6582", "29155"}
+    for text, aluminium, magnesium in [("Aluminum Hydroxide 500 MG Oral Tablet", True, False),
+                                       ("Magnesium Oxide 400 MG Oral Tablet", False, True),
+                                       ("magnesium chloride 64 mg tablet", False, True),
+                                       ("Milk of Magnesia", False, True),
+                                       ("magnesium citrate oral solution", False, False),
+                                       ("magnesium sulfate 2 g IV", False, False)]:
+        assert _matches("med-aluminium-binder", text) is aluminium, text
+        assert _matches("med-magnesium-binder", text) is magnesium, text
+        assert _matches("med-al-mg-binder", text) is (aluminium or magnesium), text
+
+
+@pytest.mark.parametrize("text", ["CRRT replacement fluid", "PrismaSol BGK 4/2.5", "Phoxillum BK4/2.5",
+                                  "Dialysate calcium 2.5 mEq/L"])
+def test_crrt_fluids_are_calcium_exclusions(text: str) -> None:
+    """§8.0 C7: CRRT replacement fluids and dialysate never trigger R08/R09."""
+    assert _matches("med-calcium-exclusions", text)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from cds_service.audit.chain import canonical_time
+from cds_service.fhir_validation import audit_event_json
 
 FORMATS = ("ndjson", "csv", "fhir")
 MEDIA_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv", "fhir": "application/fhir+json"}
@@ -170,8 +171,9 @@ def write_fhir(rows: Iterable[dict[str, Any]], out: TextIO) -> int:
     for row in rows:
         # FHIR JSON forbids empty arrays, so "entry" is only opened once there is a first entry.
         out.write(', "entry": [' if count == 0 else ",")
-        entry = {"fullUrl": f"urn:uuid:{row['card_uuid']}", "resource": audit_event(row)}
-        out.write(json.dumps(entry, ensure_ascii=False))
+        # Built with the FHIR R4B AuditEvent model, which rejects an invalid event (issue #14).
+        full_url = json.dumps(f"urn:uuid:{row['card_uuid']}")
+        out.write('{"fullUrl": ' + full_url + ', "resource": ' + audit_event_json(audit_event(row)) + "}")
         count += 1
     out.write("]}\n" if count else "}\n")
     return count

@@ -1,30 +1,48 @@
-"""The calcinosis rules R01-R23: registry, evaluation per hook, and consolidation (section 2.9).
+"""The calcinosis rules R01-R24: registry, evaluation per hook, and consolidation (section 2.9).
 
 ``evaluate(state, hook, orders, options)`` runs every registered rule for the hook (rules behind an
 option run only when it is on) and returns the consolidated findings plus ``(rule_id, version)`` of
-every rule that ran. A rule that raises is logged (no clinical values) and treated as not firing.
+every rule that ran. A rule that raises is isolated (§8 C6): the other rules still run, the failure is
+logged (no clinical values) and returned, and an ``evaluation-incomplete`` info card names it, so a broken
+rule never passes for "nothing fired".
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from cards.render import SuggestionSpec, render_summary
+from cards.render import SuggestionSpec, templates
 from fhir_mappings.facts import DraftOrder
 from fhir_mappings.states import PatientState
 
 from . import order_rules, patient_view  # noqa: F401  (modules register their rules on import)
-from .base import ORDER_HOOKS, PATIENT_VIEW, RULES, RULES_VERSION, Finding, RuleContext, RuleDef
+from .base import (
+    INCOMPLETE,
+    ORDER_HOOKS,
+    PATIENT_VIEW,
+    RULES,
+    RULES_VERSION,
+    Finding,
+    RuleContext,
+    RuleDef,
+    incomplete_finding,
+)
+from .thresholds import INFANT_AGE_YEARS
 
-__all__ = ["RULES", "RULES_VERSION", "Finding", "RuleDef", "evaluate", "consolidate", "declared_fields"]
+__all__ = ["RULES", "RULES_VERSION", "Finding", "RuleDef", "evaluate", "consolidate", "declared_fields",
+           "incomplete_finding", "INCOMPLETE"]
 
 log = logging.getLogger(__name__)
 
-ORDER_RULES = frozenset(
-    {"iv-calcium-order", "iv-phosphate-order", "oral-calcium-order", "calcium-heparin-order",
-     "vitamin-d-order", "al-mg-binder-order"}
-)
+# Order rules are the ones registered for the order hooks only (no hand-kept list to forget a rule in).
+ORDER_RULES = frozenset(r.rule_id for r in RULES.values() if r.hooks <= ORDER_HOOKS)
+# §8 C11: under 1 year no mineral card fires on patient-view except R04 (which checks total Ca >= 12.0 itself).
+INFANT_SILENT = frozenset({"caxp-high", "caxp-above-target", "mineral-labs-due", "hyperphosphatemia", "pth-high",
+                           "calciphylaxis-risk", "vitamin-d-excess", "documented-calcinosis",
+                           "hyperparathyroid-pattern", "albumin-needed"})
+
 # Section 2.9 consolidation: host rule <- rules folded into it (their facts go into the host detail).
 FOLDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("calciphylaxis-risk", ("pth-high",)),
@@ -64,7 +82,9 @@ def _merge_suggestions(host: Finding, extra: Sequence[SuggestionSpec]) -> None:
 
 
 def _fold(host: Finding, folded: Finding) -> None:
-    host.folded.append(render_summary(folded.rule_id, folded.fields, folded.variant))
+    # A short label, not the folded card's summary: its values are already in the host's values block (each
+    # fact once per card, issue 13 item 3); what it adds (labs, consults) is merged into the suggestions.
+    host.folded.append(str(templates().rules[folded.rule_id].get("title", folded.rule_id)))
     host.folded.extend(folded.folded)
     seen = {(e.get("name"), e.get("resource_id")) for e in host.evidence}
     host.evidence.extend(e for e in folded.evidence if (e.get("name"), e.get("resource_id")) not in seen)
@@ -77,7 +97,7 @@ def consolidate(findings: Sequence[Finding], hook: str) -> list[Finding]:
     for f in findings:
         by_id.setdefault(f.rule_id, f)  # one card per rule id per call
     if hook in ORDER_HOOKS:
-        by_id = {k: v for k, v in by_id.items() if k in ORDER_RULES}
+        by_id = {k: v for k, v in by_id.items() if k in ORDER_RULES or k == INCOMPLETE}
     else:
         by_id = {k: v for k, v in by_id.items() if k not in ORDER_RULES}
         for host_id, folded_ids in FOLDS:
@@ -100,27 +120,48 @@ def consolidate(findings: Sequence[Finding], hook: str) -> list[Finding]:
     return sorted(by_id.values(), key=lambda f: (SEVERITY.get(f.indicator, 3), order.index(f.rule_id)))
 
 
+@dataclass
+class Evaluation:
+    """What ``evaluate`` returns: consolidated findings, the rules that ran, and the rules that raised."""
+
+    findings: list[Finding]
+    evaluated: list[tuple[str, str]]
+    failed: list[str] = field(default_factory=list)
+
+
 def evaluate(
     state: PatientState,
     hook: str,
     orders: Sequence[DraftOrder] = (),
     is_option_on: Callable[[str], bool] = lambda _name: False,
-) -> tuple[list[Finding], list[tuple[str, str]]]:
-    """Run the hook's rules over ``state``; return consolidated findings and the rules evaluated."""
+    unreadable: Sequence[str] = (),
+) -> Evaluation:
+    """Run the hook's rules over ``state``; consolidated findings, the rules evaluated and those that failed.
+
+    ``unreadable`` names data that could not be read although the call is answered (a failed or partial
+    fetch); it, and any rule that raised, yields the §8 C6 ``evaluation-incomplete`` card.
+    """
     ctx = RuleContext(state=state, hook=hook, orders=tuple(orders))
-    findings: list[Finding] = []
-    evaluated: list[tuple[str, str]] = []
+    result = Evaluation([], [])
     if hook != PATIENT_VIEW and hook not in ORDER_HOOKS:
-        return findings, evaluated
+        return result
+    infant = hook == PATIENT_VIEW and state.age is not None and state.age < INFANT_AGE_YEARS
     for definition in RULES.values():
-        if not _enabled(definition, hook, is_option_on):
+        if definition.rule_id == INCOMPLETE or not _enabled(definition, hook, is_option_on):
             continue
-        evaluated.append((definition.rule_id, definition.version))
+        if infant and definition.rule_id in INFANT_SILENT:
+            continue
+        result.evaluated.append((definition.rule_id, definition.version))
         try:
-            result = definition.fn(ctx)
-        except Exception:  # a broken rule must not take down the other rules or the hook call
-            log.exception("rule %s failed; treated as not firing", definition.rule_id)
+            finding = definition.fn(ctx)
+        except Exception:  # §8 C6: a broken rule must not take down the other rules or pass for "no finding"
+            log.exception("rule %s failed; reported on an evaluation-incomplete card", definition.rule_id)
+            result.failed.append(definition.rule_id)
             continue
-        if result is not None:
-            findings.append(result)
-    return consolidate(findings, hook), evaluated
+        if finding is not None:
+            result.findings.append(finding)
+    if result.failed or unreadable:
+        result.findings.append(incomplete_finding(
+            [f"{RULES[r].spec_id} ({r})" for r in result.failed], list(unreadable)))
+    result.findings = consolidate(result.findings, hook)
+    return result

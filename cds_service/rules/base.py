@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cards.render import SuggestionSpec, phrase, text
+from cards.ages import age_text
+from cards.render import SuggestionSpec, bullet_block, phrase, text
 from fhir_mappings.facts import DraftOrder, LabResult
 from fhir_mappings.pairing import CaPPair
-from fhir_mappings.states import CA_MG_PER_MMOL, CalciumStatus, PatientState
+from fhir_mappings.states import (
+    CA_MG_PER_MMOL,
+    HYPERCALCEMIA_MG_DL,
+    MODERATE_HYPERCALCEMIA_MG_DL,
+    CalciumStatus,
+    PatientState,
+)
 
-RULES_VERSION = "0.1"
-RULE_VERSION = "0.1.0"
+from .thresholds import CAXP_KDOQI_TARGET, CAXP_SEED_THRESHOLD
+
+RULES_VERSION = "0.2"
+RULE_VERSION = "0.2.0"   # clinical revision 2 (clinical-rules.md section 8)
 PATIENT_VIEW = "patient-view"
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
 ALL_HOOKS = frozenset({PATIENT_VIEW}) | ORDER_HOOKS
 
 # Markdown blocks every rule may fill (built from escaped phrases; see cards.render).
-COMMON_BLOCKS = frozenset({"values_md", "factors_md", "missing_md", "folded_md", "advice_md", "note_md"})
+COMMON_BLOCKS = frozenset({"values_md", "factors_md", "missing_md", "folded_md", "advice_md", "note_md", "ignored_md"})
 
 
 @dataclass
@@ -90,9 +100,26 @@ def num(value: float) -> str:
     return f"{value:.1f}"
 
 
+def shown(value: float, *thresholds: float) -> str:
+    """``value`` with enough decimals to stay on its true side of every threshold it is shown against.
+
+    §8 C13: 70.04 shown as "70.0" next to "> 70" would contradict the rule. One decimal when that is
+    unambiguous, up to three, else "> 70" / "< 70" (or "70" when the value is the threshold exactly).
+    """
+    for decimals in (1, 2, 3):
+        text_value = f"{value:.{decimals}f}"
+        rounded = float(text_value)
+        if all((rounded > t) == (value > t) and (rounded < t) == (value < t) for t in thresholds):
+            return text_value
+    crossed = next((t for t in thresholds if round(value, 3) == t and value != t), None)
+    if crossed is None:
+        return f"{value:.3f}"
+    return f"> {crossed:g}" if value > crossed else f"< {crossed:g}"
+
+
 def caxp_text(pair: CaPPair) -> str:
-    """The product as shown, with ``≥`` when it is a lower bound."""
-    return ("≥" if pair.is_lower_bound else "") + num(pair.product)
+    """The product as shown (true side of 55 and 70, §8 C13), with ``≥`` when it is a lower bound."""
+    return ("≥" if pair.is_lower_bound else "") + shown(pair.product, CAXP_KDOQI_TARGET, CAXP_SEED_THRESHOLD)
 
 
 def days_ago(now: datetime, when: datetime) -> int:
@@ -101,18 +128,18 @@ def days_ago(now: datetime, when: datetime) -> int:
 
 
 def drawn_text(now: datetime, when: datetime) -> str:
-    """``drawn today`` / ``drawn 1 day ago`` / ``drawn N days ago``."""
-    days = days_ago(now, when)
-    if days == 0:
-        return text("drawn_today")
-    return text("drawn_one_day") if days == 1 else text("drawn_days", days=days)
+    """``drawn 22 h ago`` / ``drawn 3 days ago``: the one age wording of cards and viewer (§8 C13)."""
+    return text("drawn_age", age=age_text(now, when))
 
 
 def calcium_text(status: CalciumStatus) -> str:
-    """``12.4 mg/dL``; ionized calcium is shown in mmol/L as labs report it."""
+    """``12.4 mg/dL``; ionized calcium is shown in mmol/L as labs report it (true side of its ULN, §8 C13)."""
     if status.basis == "ionized":
-        return f"{status.value / CA_MG_PER_MMOL:.2f} mmol/L"
-    return f"{num(status.value)} mg/dL"
+        mmol = status.value / CA_MG_PER_MMOL
+        limit = status.high_limit / CA_MG_PER_MMOL
+        value = f"{mmol:.2f}" if (round(mmol, 2) > limit) == (mmol > limit) else f"{mmol:.3f}"
+        return f"{value} mmol/L"
+    return f"{shown(status.value, HYPERCALCEMIA_MG_DL, MODERATE_HYPERCALCEMIA_MG_DL)} mg/dL"
 
 
 def calcium_label(status: CalciumStatus) -> str:
@@ -121,7 +148,9 @@ def calcium_label(status: CalciumStatus) -> str:
 
 
 def stage_label(state: PatientState) -> str:
-    """``CKD G5D`` etc., or '' without CKD."""
+    """``CKD G5D`` etc., or '' without CKD; ``ESRD`` when an ESRD code is the only evidence (§8 C5)."""
+    if state.ckd_stage == "G5D" and not state.on_dialysis:
+        return "ESRD"
     return f"CKD {state.ckd_stage}" if state.ckd_stage else ""
 
 
@@ -179,8 +208,18 @@ ANALYTE_NAMES = {
     "lab-urate": "Urate",
     "lab-bmi": "BMI",
     "lab-bicarbonate": "Bicarbonate",
+    "lab-magnesium": "Magnesium",
     "lab-creatinine": "Creatinine",
 }
+
+
+UCUM_ANNOTATION = re.compile(r"\{[^}]*\}")
+UNIT_WORDS = {"mL/min/{1.73_m2}": "mL/min/1.73 m²"}   # eGFR: UCUM's annotation as clinicians write it
+
+
+def unit_display(unit: str) -> str:
+    """A UCUM unit as a clinician reads it: no ``{...}`` annotations (issue 13 item 3)."""
+    return UNIT_WORDS.get(unit) or UCUM_ANNOTATION.sub("", unit).strip() or unit
 
 
 def value_line(result: LabResult, now: datetime) -> str:
@@ -188,13 +227,13 @@ def value_line(result: LabResult, now: datetime) -> str:
     shown = f"{result.comparator}{num(result.value)}"
     reported = ""
     if result.original_unit.lower() != result.unit.lower():
-        reported = phrase("reported", value=f"{result.original_value:g}", unit=result.original_unit)
+        reported = phrase("reported", value=f"{result.original_value:g}", unit=unit_display(result.original_unit))
     head = phrase(
-        "value_line", name=ANALYTE_NAMES.get(result.kind, result.kind), value=shown, unit=result.unit
+        "value_line", name=ANALYTE_NAMES.get(result.kind, result.kind), value=shown, unit=unit_display(result.unit)
     )
     when = phrase(
         "value_when", date=result.time.strftime("%Y-%m-%d %H:%M UTC"), days=days_ago(now, result.time),
-        ref=result.reference,
+        age=age_text(now, result.time), ref=result.reference,
     )
     return head + reported + when + (phrase("time_uncertain") if result.time_uncertain else "")
 
@@ -239,3 +278,29 @@ def labs_suggestion(label: str, codes: Iterable[str]) -> SuggestionSpec | None:
     """One "order labs" suggestion creating a draft ServiceRequest per LOINC (None if no codes)."""
     unique = tuple(dict.fromkeys(codes))
     return SuggestionSpec(kind="labs", label=label, labs=unique) if unique else None
+
+
+# --- §8 C6: the "evaluation incomplete" card ------------------------------------------------------------
+
+INCOMPLETE = "evaluation-incomplete"
+
+
+@rule(INCOMPLETE, "C6", ALL_HOOKS, fields={"what"})
+def _never_fires(_ctx: RuleContext) -> Finding | None:
+    """Registered for its template and version only; ``rules.evaluate`` builds the card (never run as a rule)."""
+    return None
+
+
+def incomplete_finding(failed_rules: Iterable[str], unreadable: Iterable[str]) -> Finding:
+    """The §8 C6 info card: which rules could not be evaluated and which data could not be read."""
+    failed, missing = list(failed_rules), list(unreadable)
+    what = ", ".join(failed) if failed else text("incomplete_data")
+    lines = [phrase("incomplete_rule", rule=r) for r in failed] + [phrase("incomplete_source", name=n)
+                                                                   for n in missing]
+    return Finding(
+        rule_id=INCOMPLETE,
+        indicator="info",
+        fields={"what": what, "values_md": bullet_block("incomplete_heading", lines)},
+        evidence=[{"name": "rule_failed", "value": r} for r in failed]
+        + [{"name": "data_unreadable", "value": n} for n in missing],
+    )

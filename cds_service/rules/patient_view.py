@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from cards.render import SuggestionSpec, bullet_block, phrase, text
@@ -9,9 +11,15 @@ from fhir_mappings.facts import LabResult
 from fhir_mappings.pairing import CaPPair
 from fhir_mappings.states import (
     ALBUMIN_PAIR_WINDOW,
+    CA_MG_PER_MMOL,
     HYPERCALCEMIA_MG_DL,
     HYPOCALCEMIA_MG_DL,
+    IONIZED_LOW_MG_DL,
     IONIZED_PAIR_WINDOW,
+    MODERATE_HYPERCALCEMIA_MG_DL,
+    PHOSPHATE_HIGH_MG_DL,
+    PHOSPHATE_TARGET_G5_MG_DL,
+    CalciumStatus,
     PatientState,
 )
 
@@ -32,6 +40,7 @@ from .base import (
     pair_evidence,
     pair_lines,
     rule,
+    shown,
     stage_label,
     value_line,
 )
@@ -46,10 +55,16 @@ from .thresholds import (
     CURRENT_DAYS,
     DOWNWEIGHT_DAYS,
     EGFR_REDUCED,
+    INFANT_AGE_YEARS,
+    LOW_CALCIUM_PAIR_WINDOW,
     PHOSPHATE_LOW_DEFAULT,
+    PHOSPHATE_SINGLE_G5D,
     PTH_CURRENT_DAYS,
     PTH_RECENT_DAYS,
     R03_ACUTE_CAP_DAYS,
+    R03_CALCINOSIS_CUTIS_DAYS,
+    R03_CALCIPHYLAXIS_DAYS,
+    R03_CALCIPHYLAXIS_RECENT_DAYS,
     R03_WINDOWS,
     R19_MAX_AGE,
     R19_MIN_AGE,
@@ -76,10 +91,14 @@ def usable_pair(state: PatientState, max_days: float = DOWNWEIGHT_DAYS) -> CaPPa
 
 
 def paediatric_ok(state: PatientState, pair: CaPPair) -> bool:
-    """Section 2.5.7: under 13, Ca x P cards need Ca or P above the lab's own reference high."""
+    """Section 2.5.7: under 13, Ca x P cards need Ca or P above the lab's own *age-banded* reference high.
+
+    §8 C11: a range without an ``age`` band is not age-specific (labs often send adult ranges).
+    """
     if state.age is None or state.age >= CAXP_MIN_AGE_YEARS:
         return True
-    return any(r.ref_high is not None and r.exceeds(r.ref_high) for r in (pair.calcium, pair.phosphate))
+    return any(r.ref_age_banded and r.ref_high is not None and r.exceeds(r.ref_high)
+               for r in (pair.calcium, pair.phosphate))
 
 
 def albumin_near(state: PatientState, result: LabResult) -> bool:
@@ -149,7 +168,7 @@ def caxp_high(ctx: RuleContext) -> Finding | None:
             "drawn": drawn_text(s.now, pair.time),
             "values_md": bullet_block("values_heading", values),
             "note_md": "\n".join(notes),
-            "factors_md": factors_block(s),
+            "factors_md": factors_block(s, (pair.calcium, pair.phosphate)),
             "missing_md": missing_block(s, pair_calcium_albumin=not albumin_near(s, pair.calcium)),
             "advice_md": bullet_block("advice_heading", advice),
         },
@@ -187,7 +206,7 @@ def caxp_above_target(ctx: RuleContext) -> Finding | None:
             "drawn": drawn_text(s.now, pair.time),
             "stage": stage_label(s),
             "values_md": bullet_block("values_heading", pair_lines(pair, s.now)),
-            "factors_md": factors_block(s),
+            "factors_md": factors_block(s, (pair.calcium, pair.phosphate)),
             "missing_md": missing_block(s, pair_calcium_albumin=False),
             "advice_md": bullet_block("advice_heading", [phrase("advice_binders")]),
         },
@@ -204,12 +223,21 @@ def mineral_labs_due(ctx: RuleContext) -> Finding | None:
     """R03: at-risk patient with no Ca or P (or PTH in G4-G5D) within the KDIGO-based window."""
     s = ctx.state
     windows: list[tuple[str, int, int | None]] = []
-    if s.ckd_stage in R03_WINDOWS:
-        cap, pth_window = R03_WINDOWS[s.ckd_stage]
-        windows.append((text("group_g5") if s.ckd_stage != "G4" else stage_label(s), cap, pth_window))
-    if s.calciphylaxis_dx or s.tls_active:
-        group = text("group_calciphylaxis") if s.calciphylaxis_dx else text("group_tls")
-        windows.append((group, R03_ACUTE_CAP_DAYS, None))
+    stage_window = R03_WINDOWS.get(s.ckd_stage or "")
+    if stage_window is not None:
+        cap, pth_window = stage_window
+        windows.append((stage_label(s), cap, pth_window))
+    if s.tls_active:
+        windows.append((text("group_tls"), R03_ACUTE_CAP_DAYS, None))
+    if s.calciphylaxis_dx:
+        # §8 C12: 7 days only while the diagnosis is recent (onset <= 90 days); later the stage window, else 90.
+        recent = s.calciphylaxis_onset is not None and s.now - s.calciphylaxis_onset <= timedelta(
+            days=R03_CALCIPHYLAXIS_RECENT_DAYS)
+        days = R03_ACUTE_CAP_DAYS if recent else (stage_window[0] if stage_window else R03_CALCIPHYLAXIS_DAYS)
+        windows.append((text("group_calciphylaxis"), days, None))
+    if s.calcinosis_cutis_dx and not s.in_stage(*CKD_G4_PLUS):
+        # §8 C12: dystrophic calcinosis has normal mineral metabolism; one check in a year suffices.
+        windows.append((text("group_calcinosis_cutis"), R03_CALCINOSIS_CUTIS_DAYS, None))
     if not windows:
         return None
     group, cap_days, _ = min(windows, key=lambda w: w[1])
@@ -252,13 +280,27 @@ def mineral_labs_due(ctx: RuleContext) -> Finding | None:
 # --- R04 ------------------------------------------------------------------------------------------------
 
 
-@rule("hypercalcemia", "R04", PV, fields={"ca_label", "ca_text", "alb", "severity", "drawn"})
+def threshold_text(cal: CalciumStatus) -> str:
+    """The limit that made the calcium high, in the measurand's own terms (§8 C9: ionized stays ionized)."""
+    if cal.basis == "ionized":
+        limit = cal.high_limit / CA_MG_PER_MMOL
+        source = text("limit_ionized_default") if cal.result.ref_high is None else text("limit_lab")
+        return text("threshold_ionized", limit=f"{limit:.2f}", source=source)
+    if cal.high_limit != HYPERCALCEMIA_MG_DL:
+        return text("threshold_child", limit=num(cal.high_limit))
+    return text("threshold_total", kind=calcium_label(cal).lower())
+
+
+@rule("hypercalcemia", "R04", PV, fields={"ca_label", "ca_text", "alb", "severity", "drawn", "threshold"})
 def hypercalcemia(ctx: RuleContext) -> Finding | None:
     """R04: hypercalcemia on a result <= 30 days (ionized <= 72 h); warning if >= 12 mg/dL."""
     s = ctx.state
     cal = s.calcium
     if cal is None or not current_hypercalcemia(s):
         return None
+    if s.age is not None and s.age < INFANT_AGE_YEARS and not (
+            cal.basis != "ionized" and cal.result.exceeds(MODERATE_HYPERCALCEMIA_MG_DL, inclusive=True)):
+        return None  # §8 C11: under 1 year only total Ca >= 12.0 mg/dL (fat necrosis of the newborn)
     corrected = cal.basis.startswith("corrected") and cal.albumin is not None
     confirm = corrected and (
         s.in_stage(*CKD_G4_PLUS) or (cal.albumin is not None and cal.albumin.below(ALBUMIN_IONIZED_ADVICE))
@@ -277,17 +319,18 @@ def hypercalcemia(ctx: RuleContext) -> Finding | None:
         hints.append(phrase("hint_milk_alkali"))
     return Finding(
         rule_id="hypercalcemia",
-        indicator="warning" if cal.severe else "info",
+        indicator="warning" if cal.at_least_moderate else "info",  # §8 C10: warning from 12.0 mg/dL
         variant="confirm" if confirm else "",
         fields={
             "ca_label": calcium_label(cal),
             "ca_text": calcium_text(cal),
             "alb": num(cal.albumin.value) if cal.albumin else "",
-            "severity": text("severe_hypercalcemia") if cal.severe else text("hypercalcemia"),
+            "severity": text("hypercalcemia_" + cal.grade),
+            "threshold": threshold_text(cal),
             "drawn": drawn_text(s.now, cal.time),
             "values_md": bullet_block("values_heading", calcium_lines(cal, s.now)),
             "note_md": phrase("confirm_ionized") if confirm else "",
-            "factors_md": bullet_block("hints_heading", hints) + "\n\n" + factors_block(s),
+            "factors_md": bullet_block("hints_heading", hints) + "\n\n" + factors_block(s, (cal.result,)),
         },
         evidence=calcium_evidence(cal),
         suggestions=_keep(
@@ -303,35 +346,80 @@ def hypercalcemia(ctx: RuleContext) -> Finding | None:
 # --- R05 ------------------------------------------------------------------------------------------------
 
 
+def g5d_phosphate_gate(state: PatientState) -> bool:
+    """§8.0 / C1 alert-volume gate for R05 in CKD G5D: the latest pre-dialysis P (<= 30 d) >= 7.0 mg/dL, or it
+    and the one before it (<= 90 d) both > 5.5 mg/dL."""
+    recent = state.facts.results("lab-phosphate")
+    latest = recent[0] if recent else None
+    if latest is None or not state.fresh(latest, CURRENT_DAYS):
+        return False
+    if latest.exceeds(PHOSPHATE_SINGLE_G5D, inclusive=True):
+        return True
+    before = recent[1] if len(recent) > 1 else None
+    return (before is not None and state.fresh(before, DOWNWEIGHT_DAYS)
+            and latest.exceeds(PHOSPHATE_TARGET_G5_MG_DL) and before.exceeds(PHOSPHATE_TARGET_G5_MG_DL))
+
+
+def low_calcium_near(state: PatientState, p: LabResult) -> LabResult | None:
+    """Low calcium by the section 2.3 order, same specimen or <= 24 h from ``p`` (§8 C1): ionized below the lab
+    LLN (else 1.12 mmol/L), else corrected or total below 8.4 mg/dL."""
+    def near(r: LabResult) -> bool:
+        return bool(p.specimen and r.specimen == p.specimen) or abs(r.time - p.time) <= LOW_CALCIUM_PAIR_WINDOW
+
+    ionized = next((r for r in state.facts.results("lab-calcium-ionized") if near(r)), None)
+    if ionized is not None:
+        return ionized if ionized.below(ionized.ref_low or IONIZED_LOW_MG_DL) else None
+    corrected = next((r for r in state.facts.results("lab-calcium-corrected") if near(r)), None)
+    if corrected is not None:
+        return corrected if corrected.below(HYPOCALCEMIA_MG_DL) else None
+    total = next((r for r in state.facts.results("lab-calcium-total", "lab-calcium-blood") if near(r)), None)
+    return total if total is not None and total.below(HYPOCALCEMIA_MG_DL) else None
+
+
 @rule("hyperphosphatemia", "R05", PV, fields={"p", "stage", "drawn"})
 def hyperphosphatemia(ctx: RuleContext) -> Finding | None:
-    """R05: hyperphosphatemia (G5/G5D > 5.5; else > 4.5 or > ULN) when Ca x P cannot be assessed.
+    """R05: hyperphosphatemia on a current result (<= 30 d), reported whenever R01/R02 did not fire.
 
-    Standalone only when no current (<= 30 d) Ca x P pair exists (rule index: "standalone when no
-    Ca x P card"; TP18/TP20): a current pair is judged by R01/R02 instead.
+    §8 C1: with or without a Ca x P pair (a pair of 58.9 without CKD must not hide a high phosphate); when R01
+    or R02 fires, consolidation folds this finding into it. G5D needs the §8.0 gate; G5 > 5.5 mg/dL; otherwise
+    HYPERPHOSPHATEMIA (adults > 4.5 mg/dL or > ULN; under 18 an age-banded range only, §8 C11).
     """
     s = ctx.state
     p = s.phosphate
-    if p is None or not s.fresh(p, CURRENT_DAYS) or usable_pair(s, CURRENT_DAYS) is not None:
+    if p is None or not s.fresh(p, CURRENT_DAYS):
+        return None
+    if s.in_stage("G5D"):
+        high = g5d_phosphate_gate(s)
+    elif s.in_stage("G5"):
+        high = s.phosphate_above_g5_target()
+    else:
+        high = s.phosphate_high()
+    if not high:
         return None
     g5 = s.in_stage("G5", "G5D")
-    if not (s.phosphate_above_g5_target() if g5 else s.phosphate_high()):
-        return None
+    low_ca = low_calcium_near(s, p)
+    values = [value_line(p, s.now)] + ([value_line(low_ca, s.now)] if low_ca is not None else [])
+    pair = usable_pair(s, CURRENT_DAYS)
+    notes = [phrase("pair_below_thresholds", product=caxp_text(pair))] if pair is not None else [phrase("no_pair")]
+    if low_ca is not None:
+        notes.append(phrase("tolerate_hypocalcemia"))
     return Finding(
         rule_id="hyperphosphatemia",
         indicator="info",
-        variant="g5" if g5 else "",
+        variant="g5" if g5 else ("with_pair" if pair is not None else ""),
         fields={
-            "p": num(p.value),
+            "p": shown(p.value, PHOSPHATE_HIGH_MG_DL, PHOSPHATE_TARGET_G5_MG_DL),
             "stage": stage_label(s),
             "drawn": drawn_text(s.now, p.time),
-            "values_md": bullet_block("values_heading", [value_line(p, s.now)]),
-            "note_md": phrase("no_pair"),
-            "factors_md": factors_block(s),
-            "advice_md": bullet_block("advice_heading", [phrase("advice_phosphate"), phrase("advice_no_al_mg")]),
+            "values_md": bullet_block("values_heading", values),
+            "note_md": "\n\n".join(notes),
+            "factors_md": factors_block(s, (p,)),
+            "advice_md": bullet_block("advice_heading", [
+                phrase("advice_phosphate"), phrase("advice_phosphate_dialysis") if s.on_dialysis else "",
+                phrase("advice_no_al_mg")]),
         },
-        evidence=[evidence("phosphate", p)],
-        suggestions=_keep(labs_suggestion("order_ca_albumin", [CALCIUM, ALBUMIN])),
+        evidence=[evidence("phosphate", p)] + ([evidence("calcium_low", low_ca)] if low_ca is not None else []),
+        suggestions=_keep(labs_suggestion("order_ca_albumin", [] if pair is not None else [CALCIUM, ALBUMIN])),
     )
 
 
@@ -377,28 +465,50 @@ def pth_high(ctx: RuleContext) -> Finding | None:
 # --- R07 ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Mineral:
+    """An R07 mineral abnormality: summary words, detail line and evidence."""
+
+    words: str
+    line: str
+    evidence: list[dict[str, Any]]
+
+
+def calciphylaxis_minerals(s: PatientState) -> list[Mineral]:
+    """R07's mineral abnormalities within 90 days: Ca x P > 70, HYPERCALCEMIA, P > 5.5 mg/dL, PTH > 9 x ULN (<= 180 d).
+
+    Shared with R24 (§8 C16), which asks for one of them in CKD G5/G5D.
+    """
+    minerals: list[Mineral] = []
+    pair = usable_pair(s)
+    if pair is not None and pair.exceeds(CAXP_SEED_THRESHOLD):
+        minerals.append(Mineral(f"Ca x P {caxp_text(pair)}", phrase("mineral_caxp", value=caxp_text(pair)),
+                                pair_evidence(pair)))
+    cal = s.calcium
+    if cal is not None and current_hypercalcemia(s, DOWNWEIGHT_DAYS):
+        minerals.append(Mineral(text("hypercalcemia"), phrase("mineral_calcium", value=calcium_text(cal)),
+                                calcium_evidence(cal)))
+    p = s.phosphate
+    if p is not None and s.fresh(p, DOWNWEIGHT_DAYS) and s.phosphate_above_g5_target():
+        value = shown(p.value, PHOSPHATE_TARGET_G5_MG_DL)
+        minerals.append(Mineral(f"P {value} mg/dL", phrase("mineral_phosphate", value=value),
+                                [evidence("phosphate", p)]))
+    if s.pth is not None and s.fresh(s.pth, PTH_CURRENT_DAYS) and s.pth_marked():
+        minerals.append(Mineral(f"PTH {num(s.pth.value)} pg/mL", phrase("mineral_pth", value=num(s.pth.value)),
+                                [evidence("pth", s.pth)]))
+    return minerals
+
+
 @rule("calciphylaxis-risk", "R07", PV, fields={"renal", "mineral", "cofactors"})
 def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
-    """R07: (G5D/G5/kidney transplant) + mineral abnormality + (warfarin or >= 2 co-factors)."""
+    """R07: (G5D/G5/kidney transplant) + mineral abnormality + (warfarin or >= 2 co-factors).
+
+    Replaced by R20 only when calciphylaxis is documented (§8 C4: calcinosis cutis does not replace it).
+    """
     s = ctx.state
     if s.calciphylaxis_dx or not (s.in_stage("G5", "G5D") or s.kidney_tx):
         return None
-    minerals: list[tuple[str, str, list[dict[str, Any]]]] = []
-    pair = usable_pair(s)
-    if pair is not None and pair.exceeds(CAXP_SEED_THRESHOLD):
-        minerals.append((f"Ca x P {caxp_text(pair)}", phrase("mineral_caxp", value=caxp_text(pair)),
-                         pair_evidence(pair)))
-    cal = s.calcium
-    if cal is not None and current_hypercalcemia(s, DOWNWEIGHT_DAYS):
-        minerals.append((text("hypercalcemia"), phrase("mineral_calcium", value=calcium_text(cal)),
-                         calcium_evidence(cal)))
-    p = s.phosphate
-    if p is not None and s.fresh(p, DOWNWEIGHT_DAYS) and s.phosphate_above_g5_target():
-        minerals.append((f"P {num(p.value)} mg/dL", phrase("mineral_phosphate", value=num(p.value)),
-                         [evidence("phosphate", p)]))
-    if s.pth is not None and s.fresh(s.pth, PTH_CURRENT_DAYS) and s.pth_marked():
-        minerals.append((f"PTH {num(s.pth.value)} pg/mL", phrase("mineral_pth", value=num(s.pth.value)),
-                         [evidence("pth", s.pth)]))
+    minerals = calciphylaxis_minerals(s)
     if not minerals:
         return None
     cofactors: list[tuple[str, str]] = []
@@ -417,8 +527,9 @@ def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
     others = [c for c in cofactors if c[0] != text("co_warfarin")]
     if not (s.on_warfarin or len(others) >= 2):
         return None
-    renal = text("renal_dialysis") if s.in_stage("G5D") else (
-        stage_label(s) if s.in_stage("G5") else text("renal_kidney_tx"))
+    # §8 C5: "dialysis" only with dialysis evidence; an ESRD code alone reads "ESRD".
+    renal = text("renal_dialysis") if s.on_dialysis else (
+        stage_label(s) if s.in_stage("G5", "G5D") else text("renal_kidney_tx"))
     need = [] if s.latest("lab-pth", days=PTH_CURRENT_DAYS) else [PTH]
     if s.albumin is None or not s.fresh(s.albumin, CURRENT_DAYS):
         need.append(ALBUMIN)
@@ -427,16 +538,16 @@ def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
         indicator="warning",
         fields={
             "renal": renal,
-            "mineral": minerals[0][0],
+            "mineral": minerals[0].words,
             "cofactors": ", ".join(c[0] for c in cofactors),
-            "values_md": bullet_block("mineral_heading", [m[1] for m in minerals]),
-            "factors_md": bullet_block("cofactor_heading", [c[1] for c in cofactors]),
-            "note_md": phrase("calciphylaxis_note") + ("\n\n" + phrase("warfarin_note") if s.on_warfarin else ""),
+            "values_md": bullet_block("mineral_heading", [m.line for m in minerals]),
+            "factors_md": phrase("cofactor_line", items="; ".join(c[1] for c in cofactors)),
+            "note_md": phrase("calciphylaxis_note"),   # the warfarin-in-CTD note is on the rule page
             "advice_md": bullet_block("advice_heading", [phrase("advice_calciphylaxis_binders"),
                                                          phrase("advice_warfarin") if s.on_warfarin else "",
                                                          phrase("advice_skin")]),
         },
-        evidence=[e for m in minerals for e in m[2]],
+        evidence=[e for m in minerals for e in m.evidence],
         suggestions=_keep(
             SuggestionSpec(kind="consult", label="consult", specialty="nephrology"),
             labs_suggestion("order_missing_labs", need),
@@ -605,7 +716,7 @@ def tumoral_calcinosis(ctx: RuleContext) -> Finding | None:
 def documented_calcinosis(ctx: RuleContext) -> Finding | None:
     """R20: documented calciphylaxis / calcinosis cutis + a current mineral abnormality -> warning."""
     s = ctx.state
-    if not s.calciphylaxis_dx:
+    if not (s.calciphylaxis_dx or s.calcinosis_cutis_dx):
         return None
     found: list[tuple[str, list[dict[str, Any]]]] = []
     pair = usable_pair(s, CURRENT_DAYS)
@@ -621,8 +732,9 @@ def documented_calcinosis(ctx: RuleContext) -> Finding | None:
         found.append((f"PTH {num(s.pth.value)} pg/mL", [evidence("pth", s.pth)]))
     if not found:
         return None
-    calciphylaxis = any("cond-calcinosis-cutis" not in c.groups for c in s.facts.conditions_in("cond-calciphylaxis"))
-    dx = text("dx_calciphylaxis") if calciphylaxis else text("dx_calcinosis")
+    # §8 C4: each diagnosis is named for what it is; calcinosis cutis is never called calciphylaxis.
+    dx = " and ".join(text(key) for key, present in (("dx_calciphylaxis", s.calciphylaxis_dx),
+                                                     ("dx_calcinosis", s.calcinosis_cutis_dx)) if present)
     meds = [m.name for m in s.facts.medications
             if m.classes & {"med-oral-calcium", "med-vitamin-d", "med-active-vitamin-d", "med-iv-calcium"}]
     return Finding(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from cards.ages import age_text
 from cds_service.rules.thresholds import CURRENT_DAYS, DOWNWEIGHT_DAYS, PTH_CURRENT_DAYS
+from cds_service.services import key_words
 from fhir_mappings.facts import PatientFacts
 
 # (label, lab kinds, days for "current") - the analytes the calcification rules read.
@@ -17,11 +19,6 @@ _TRACKED = (
 )
 
 # Human names of the patient-view prefetch keys, for "could not be read" notes.
-_KEY_NAMES = {
-    "observations": "laboratory results", "conditions": "problem list (Conditions)",
-    "procedures": "dialysis and transplant procedures", "medications": "active medication orders",
-    "medicationStatements": "medication statements",
-}
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,8 @@ def lab_notes(facts: PatientFacts, now: datetime) -> list[DataNote]:
             continue
         latest = max(results, key=lambda r: r.time)
         age_days = (now - latest.time).total_seconds() / 86400.0
-        when = f"last {latest.time:%Y-%m-%d} ({age_days:.0f} days ago)"
+        # The same age wording as the cards (§8 C13): hours under 48 h, then whole days.
+        when = f"last {latest.time:%Y-%m-%d} ({age_text(now, latest.time)})"
         if age_days > max(DOWNWEIGHT_DAYS, current_days):
             notes.append(DataNote(label, "stale", f"{when}: stale, the rules no longer use it"))
         elif age_days > current_days:
@@ -56,11 +54,11 @@ def lab_notes(facts: PatientFacts, now: datetime) -> list[DataNote]:
 def access_notes(unavailable: list[str], truncated: list[str], not_granted: list[str],
                  skipped: int) -> list[DataNote]:
     """Notes on data the viewer could not read: failed queries, scopes not granted, truncation, bad resources."""
-    notes = [DataNote(_KEY_NAMES.get(key, key), "missing", "could not be read from the EHR (not shared or failed)")
+    notes = [DataNote(key_words(key), "missing", "could not be read from the EHR (not shared or failed)")
              for key in unavailable]
     notes += [DataNote(f"{t} access", "missing", "the EHR did not grant read access for this app")
               for t in not_granted]
-    notes += [DataNote(_KEY_NAMES.get(key, key), "aging", "only the most recent results were read (page limit)")
+    notes += [DataNote(key_words(key), "aging", "only the most recent results were read (page limit)")
               for key in truncated]
     if skipped:
         notes.append(DataNote("Unreadable records", "missing",

@@ -7,8 +7,8 @@ v1 grant ``.read``. The viewer only reads, so either form is enough for a resour
 from __future__ import annotations
 
 # Read-only access to what the rules use (the same resources as the patient-view prefetch).
-READ_TYPES = ("Observation", "Condition", "MedicationRequest")
-_V2_SUFFIX = {"Observation": "rs", "Condition": "rs", "MedicationRequest": "rs", "Patient": "r"}
+READ_TYPES = ("Observation", "Condition", "Procedure", "MedicationRequest", "MedicationStatement", "ServiceRequest")
+_V2_SUFFIX = {**{t: "rs" for t in READ_TYPES}, "Patient": "r"}
 
 
 def requested_scopes(*, ehr_launch: bool, v1: bool) -> str:

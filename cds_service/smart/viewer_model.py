@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cards.ages import patient_age_text
 from cds_service.runtime import Runtime
 from cds_service.smart.findings import Findings, current_findings
 from cds_service.smart.freshness import DataNote, access_notes, lab_notes
@@ -63,7 +64,7 @@ def build_viewer_model(runtime: Runtime, auth: dict[str, Any], now: datetime,
     banner = Banner(
         name=patient_name(data.patient),
         gender=gender if isinstance(gender, str) and gender else "gender unknown",
-        age=f"{int(age)} y" if age is not None else "age unknown",
+        age=patient_age_text(age),
     )
     findings = current_findings(runtime, data.patient, data.resources, now)
     notes = lab_notes(facts, now) + access_notes(data.unavailable, data.truncated, not_granted, findings.skipped)

@@ -108,3 +108,29 @@ def test_fails_open_when_the_log_is_unavailable(hook: str) -> None:
     assert shown == [assessed[0].card]
     assert records[0].disposition == "shown"
     assert records[0].repeat_of is None
+
+
+def test_parenteral_nutrition_card_at_most_once_per_24_hours(database: Database, audit: AuditLog) -> None:
+    """§8 C7: a PN card (engine key "parenteral-nutrition") is shown once per 24 h per patient, whichever draft."""
+    settings = database.settings(order_dedup_minutes=30.0)
+    now = datetime.now(UTC)
+    first = Assessed(rule_id="iv-calcium-order", order_key="parenteral-nutrition")
+    shown, records = apply_alert_policy([first], hook="order-select", patient_id="pat-pn",
+                                        now=now - timedelta(hours=23), settings=settings, audit=audit)
+    assert shown == [first.card]
+    _store(audit, "pat-pn", "order-select", records, now - timedelta(hours=23))
+
+    again = Assessed(rule_id="iv-calcium-order", order_key="parenteral-nutrition")
+    shown, records = apply_alert_policy([again], hook="order-select", patient_id="pat-pn", now=now,
+                                        settings=settings, audit=audit)
+    assert shown == []
+    assert records[0].disposition == "suppressed"
+    assert records[0].repeat_of == first.card["uuid"]
+    other_draft = Assessed(rule_id="iv-calcium-order", order_key="MedicationRequest/not-pn")
+    shown, _ = apply_alert_policy([other_draft], hook="order-select", patient_id="pat-pn", now=now,
+                                  settings=settings, audit=audit)
+    assert shown == [other_draft.card]   # a non-PN IV calcium card is never capped this way
+    later, _ = apply_alert_policy([Assessed(rule_id="iv-calcium-order", order_key="parenteral-nutrition")],
+                                  hook="order-select", patient_id="pat-pn", now=now + timedelta(hours=2),
+                                  settings=settings, audit=audit)
+    assert len(later) == 1   # 25 h after the first one

@@ -3,7 +3,9 @@
 Invariant expressions are the spec's own (HL7/cds-hooks input/fsh/invariants/*.fsh), evaluated with fhirpathpy
 on the element each one is anchored to. On top of the spec, the project rules: every card and suggestion has a
 uuid (the sandbox only sends feedback for those), summaries stay under 140 characters, and no optional field
-is null/""/[]/{} (spec "Use of JSON"; the one allowed empty value is ``"cards": []``).
+is null/""/[]/{} (spec "Use of JSON"; the one allowed empty value is ``"cards": []``). Card text a clinician
+reads (summary and detail) carries no ``{...}`` annotation or unfilled placeholder, no "None"/"none" standing
+in for a value, no raw code in place of a display name ("Condition 46177005") and no line twice (issue 13).
 """
 
 from __future__ import annotations
@@ -35,6 +37,37 @@ FEEDBACK_INVARIANTS = (
 )
 OVERRIDE_REASON_INVARIANTS = (("cds-fb-3", "reason.exists() or userComment.exists()"),)
 REQUEST_INVARIANTS = (("cds-r-1", "fhirAuthorization.exists() implies fhirServer.exists()"),)
+
+
+# Card words (issue 13 item 3): what a clinician must never read in a summary or detail.
+_ANNOTATION = re.compile(r"\{[^{}\n]*\}")  # UCUM annotations ("1 {pill}") and unfilled placeholders
+_NONE_VALUE = re.compile(
+    r"\bNone\b(?!\s+of\b)"                                   # Python's None printed as a value
+    r"|[:=]\s*(?:\*\*)?\s*none\b"                              # "Route: none", "Dose = none"
+    r"|\(\s*none\s*\)"                                        # "(none)"
+    r"|\bnone\s+(?:mg|mmol|µmol|umol|pg|ng|g/dL|mEq|%)",       # "none mg/dL"
+)
+_RAW_CODE = re.compile(r"\b(?:Condition|Procedure|Observation|Medication(?:Request|Statement)?)\s+[A-Z]?\d[\w.-]*")
+
+
+def card_text_problems(card: dict[str, Any]) -> list[str]:
+    """What is wrong with the words of one card's summary and detail ([] when nothing is)."""
+    problems: list[str] = []
+    for field in ("summary", "detail"):
+        text = card.get(field)
+        if not isinstance(text, str):
+            continue
+        for pattern, what in ((_ANNOTATION, "a {...} annotation or placeholder"),
+                              (_NONE_VALUE, '"None"/"none" as a value'),
+                              (_RAW_CODE, "a raw code instead of a display name")):
+            match = pattern.search(text)
+            if match:
+                problems.append(f"{field} contains {what}: {match.group(0)!r}")
+    lines = [line.strip() for line in str(card.get("detail", "")).splitlines() if line.strip()]
+    repeated = sorted({line for line in lines if lines.count(line) > 1})
+    if repeated:
+        problems.append(f"detail repeats a line: {repeated[0][:120]!r}")
+    return problems
 
 
 class ContractViolation(AssertionError):
@@ -105,6 +138,10 @@ def check_hook_response(body: Any, *, project_rules: bool = True) -> None:
             raise ContractViolation(f"{where}: card has no uuid (feedback needs it)")
         if len(card["summary"]) >= 140:
             raise ContractViolation(f"{where}: summary is {len(card['summary'])} characters (must be < 140)")
+        if project_rules:
+            problems = card_text_problems(card)
+            if problems:
+                raise ContractViolation(f"{where}: card words: " + "; ".join(problems))
         for j, suggestion in enumerate(card.get("suggestions", [])):
             _invariants(suggestion, SUGGESTION_INVARIANTS, f"{where}.suggestions[{j}]")
             if project_rules and not suggestion.get("uuid"):

@@ -14,6 +14,7 @@ from tests.contract.checker import (
     check_hook_response,
 )
 from tests.support.app import make_app
+from tests.support.fhir_builders import prefetch_for
 
 SPEC = Path(__file__).parents[1] / "fixtures" / "spec"
 
@@ -88,10 +89,9 @@ def test_spec_request_with_extension_is_parsed_and_the_missing_patient_named(cli
 def _order_request(hook, context_file):
     context = _load(context_file)["context"]
     patient = {"resourceType": "Patient", "id": context["patientId"], "gender": "male", "birthDate": "1970-01-01"}
-    empty = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    # Every advertised key: an empty searchset each, the patient alone (prefetch_for derives the keys).
     return {"hook": hook, "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", "context": context,
-            "prefetch": {"patient": patient, "observations": empty, "conditions": empty, "procedures": empty,
-                         "medications": empty, "medicationStatements": empty}}
+            "prefetch": prefetch_for([patient])}
 
 
 @pytest.mark.parametrize(("hook", "service", "context_file"), [

@@ -48,8 +48,10 @@ def _request(prefetch=None, *, fhir_server=FHIR, token="tok-123"):
 
 
 def _complete_prefetch():
-    return {"patient": PATIENT, "observations": _bundle(CA), "conditions": _bundle(COND),
-            "procedures": _bundle(), "medications": _bundle(), "medicationStatements": _bundle()}
+    """Every advertised key (discovery may split a search into several keys): CA and COND, the rest empty."""
+    prefetch = {key: _bundle() for key in KEYS}
+    prefetch.update({"patient": PATIENT, "observations": _bundle(CA), "conditions": _bundle(COND)})
+    return prefetch
 
 
 @pytest.fixture
@@ -285,3 +287,35 @@ def test_malformed_entries_reach_the_engine_to_be_recorded_and_outcomes_do_not(s
     prefetch["observations"] = _bundle(CA, {"id": "no-type"}, {"resourceType": "OperationOutcome", "issue": []})
     data = _resolve(_request(prefetch), settings, executor)
     assert data.resources["observations"] == [CA, {"id": "no-type"}]
+
+
+def _med(rid, rtype="MedicationRequest", status="active"):
+    return {"resourceType": rtype, "id": rid, "status": status, "medicationCodeableConcept": {"text": "warfarin"}}
+
+
+def test_keys_of_one_resource_type_are_merged_once_in_discovery_order(settings, executor):
+    """The active medications and the warfarin history both return an active warfarin order: it is kept once,
+    whether it came in prefetch or was fetched, and the keys come back in discovery order."""
+    active, stopped = _med("w-active"), _med("w-stopped", status="stopped")
+    prefetch = _complete_prefetch()
+    prefetch["warfarinRequests"] = _bundle(active, stopped, {"resourceType": "MedicationRequest"})
+    del prefetch["medications"]
+    with responses.RequestsMock() as rsps:
+        rsps.add(responses.GET, __import__("re").compile(FHIR + r"/MedicationRequest\?.*status=active.*"),
+                 json=_bundle(active))
+        data = _resolve(_request(prefetch), settings, executor)
+        assert len(rsps.calls) == 1
+    assert data.sources["medications"] == "fetched"
+    assert list(data.resources) == KEYS
+    assert data.resources["medications"] == [active]
+    # The copy in the later key is dropped; a resource without an id cannot be matched and is kept.
+    assert data.resources["warfarinRequests"] == [stopped, {"resourceType": "MedicationRequest"}]
+
+
+def test_same_id_in_keys_of_different_types_is_not_a_duplicate(settings, executor):
+    prefetch = _complete_prefetch()
+    prefetch["medications"] = _bundle(_med("x1"))
+    prefetch["medicationStatements"] = _bundle(_med("x1", rtype="MedicationStatement"))
+    data = _resolve(_request(prefetch), settings, executor)
+    assert [r["id"] for r in data.resources["medications"]] == ["x1"]
+    assert [r["id"] for r in data.resources["medicationStatements"]] == ["x1"]

@@ -1,8 +1,9 @@
-"""The container image definition (issue #8 item 1): checked offline -- no Docker engine runs here.
+"""The container image definition (issue #8 item 1), checked offline.
 
 The Dockerfile is parsed and its production properties asserted; hadolint lints it when installed (it is in
 the ``test`` extra); the wheel the image installs is built and checked to carry the clinical content; the
-gunicorn settings the entry point uses are checked.
+gunicorn settings the entry point uses are checked. The image itself is built and run by
+``test_container_run.py`` (issue #14), a separate CI step.
 """
 
 from __future__ import annotations
@@ -83,7 +84,25 @@ def test_build_is_multi_stage_and_runtime_copies_only_the_built_environment(
     assert any(c.startswith("--from=build /opt/venv") for c in copies), copies
     assert all(c.startswith("--from=build") or "docker-entrypoint.sh" in c for c in copies), copies
     build_stage = instructions[: instructions.index(froms[-1])]
-    assert any("build --wheel" in i.arguments for i in build_stage if i.keyword == "RUN")
+    runs = [i.arguments for i in build_stage if i.keyword == "RUN"]
+    assert any("pip wheel" in r and "--no-build-isolation" in r for r in runs), runs
+
+
+def test_build_installs_only_from_the_hash_pinned_locks(instructions: list[Instruction]) -> None:
+    """Issue #14: every `pip install` of a third-party package names a lock file with --require-hashes and
+    --no-deps; the only other install is the project's own wheel, without dependencies."""
+    installs = [part.strip() for i in instructions if i.keyword == "RUN"
+                for part in i.arguments.split("&&") if "pip install" in part]
+    assert installs
+    for install in installs:
+        if "/dist/calcinosis_cds-" in install:
+            assert "--no-deps" in install, install
+            continue
+        assert "--require-hashes" in install, install
+        assert "--no-deps" in install, install
+        assert re.search(r"-r requirements/(runtime|build)\.txt", install), install
+    locks = {m for i in instructions if i.keyword == "RUN" for m in re.findall(r"requirements/\w+\.txt", i.arguments)}
+    assert locks == {"requirements/runtime.txt", "requirements/build.txt"}
 
 
 def test_runtime_runs_as_a_numeric_non_root_user(instructions: list[Instruction]) -> None:

@@ -23,7 +23,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from tests.deploy.clients import PATIENT_VIEW, CdsClient, new_patient_id, rule_of
 from tests.deploy.service_process import (
@@ -35,10 +34,10 @@ from tests.deploy.service_process import (
     start_service,
 )
 from tests.support.fhir_builders import esrd_with_high_caxp, hook_request, prefetch_for
+from tests.support.postgres import fresh_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration, pytest.mark.slow]
 
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
 PUBLIC_BASE_URL = "https://cds.example.org"
 CALLS_PER_INSTANCE = 12
 
@@ -48,17 +47,8 @@ def database_url() -> Iterator[str]:
     """A uniquely named PostgreSQL database, dropped afterwards."""
     if os.environ.get("CDS_TEST_SKIP_POSTGRES") == "1":
         pytest.skip("CDS_TEST_SKIP_POSTGRES=1")
-    name = f"cds_deploy_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({exc}); set CDS_TEST_SKIP_POSTGRES=1 to skip")
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database("cds_deploy") as url:
+        yield url
 
 
 def _query(database_url: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

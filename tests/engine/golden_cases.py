@@ -30,16 +30,23 @@ from .builders import (
     SNOMED,
     SUBCUT,
     V3_ROUTE,
+    al_hydroxide_draft,
     cond,
+    crrt_fluid,
     draft,
     infant,
     med,
+    mg_oxide_draft,
+    mg_sulfate_iv,
     obs,
     patient,
+    pn_admixture,
     proc,
+    ref_range,
+    service_request,
     when,
 )
-from .patients import EXPECTED, tp01, tp06, tp07
+from .patients import EXPECTED, EXPECTED_R2, tp01, tp06, tp07
 
 PATIENT_VIEW = "patient-view"
 ORDER_SELECT = "order-select"
@@ -569,6 +576,57 @@ def _malformed_cases() -> list[GoldenCase]:
     return out
 
 
+def _revision2_cases() -> list[GoldenCase]:
+    """The §8.4 patients TP21-TP33 and one record with every revision-2 extraction shape (clinical-rules.md §8)."""
+    out = []
+    for r2 in EXPECTED_R2:
+        case = r2.build()
+        hook = case.get("hook", PATIENT_VIEW)
+        hooks = (hook,) if hook == PATIENT_VIEW else (hook, ORDER_SIGN, PATIENT_VIEW)
+        out.append(GoldenCase(r2.case_id, case["patient"], case["resources"], hooks, case.get("drafts", [])))
+    noon = datetime(2025, 6, 15, 12, tzinfo=NOW.tzinfo)
+    nan_obs = obs("egfr", 60, 1)
+    nan_obs["valueQuantity"]["value"] = float("nan")
+    undated_cond = cond("N18.6")
+    undated_cond["onsetDateTime"] = "9999-12-31T23:59:59-14:00"
+    statement = med("Warfarin 5 mg", "11289", status="completed", rtype="MedicationStatement")
+    statement["effectivePeriod"] = {"start": when(40), "end": when(20)}
+    extraction = [
+        # §8 C6: implausible values of every checked analyte, non-finite numbers, future and ancient dates
+        obs("ca", 25.1, 1), obs("ca", 25.0, 1), obs("ica", 5.01, 1), obs("p", 0.09, 1), obs("alb", 8.1, 1),
+        obs("pth", 10_001, 1), obs("pth_si", 1061, 1), obs("k", 12.1, 1), obs("mg", 0.19, 1), obs("vitd", 1000.1, 1),
+        obs("ca_si", 1e308, 1), nan_obs, obs("ca", 9.4, at=(noon + timedelta(hours=25)).isoformat()),
+        obs("ca", 9.4, at="1899-12-31"), obs("p", 4.1, at=(noon + timedelta(hours=23)).isoformat()),
+        # §8 C8, C17, §8.0 specimen exceptions, C11 interpretation and age bands
+        obs("pth_si", 60, 30), obs("mg_si", 0.7, 3), obs("mg", 2.6, 3, unit="mEq/L"), obs("k_blood", 6.1, hours=2),
+        obs("p", 6.5, 1, interpretation="H", ranges=[ref_range(2.5, 4.5, "mg/dL"),
+                                                    ref_range(4.5, 8.3, "mg/dL", age=(0, 11, "mo"))]),
+        # §8.0 procedure dates; §8 C5 value sets; C2 parathyroidectomy; C2/C7 ServiceRequests
+        proc("302497006", 2), proc("302497006", period=(when(5), when(5, hours=-4.5))),
+        proc("714749008", status="in-progress", period=(when(1), None)), proc("71192002", 3),
+        proc("10848006", 3), proc("90997", 3, system="http://www.ama-assn.org/go/cpt"),
+        proc("13629008", 7, display="Parathyroidectomy"), proc("302497006", performed_string="in 2019"),
+        service_request("714749008"), service_request("714749008", status="revoked"),
+        # §8 C4, C5 conditions; §8.0 condition dates
+        cond("L94.2"), cond("T86.11", onset_days=20), cond("N17.9", onset_days=5), cond("46177005", SNOMED),
+        undated_cond,
+        # §8.0 C16 medication history
+        med("Warfarin 5 mg", "11289", status="stopped", authored_days=60), statement,
+        med("Warfarin 5 mg", "11289", status="entered-in-error", authored_days=1),
+    ]
+    quantity_draft = draft("rx-pill", "Calcium carbonate 500 mg", route=ORAL)
+    quantity_draft["dosageInstruction"][0]["doseAndRate"] = [{"doseQuantity": {"value": 1, "unit": "{pill}"}}]
+    drafts = [
+        pn_admixture("rx-pn"), crrt_fluid("rx-crrt"), al_hydroxide_draft("rx-al"), mg_oxide_draft("rx-mg"),
+        draft("rx-mgcl", "magnesium chloride 64 mg tablet", route=ORAL), mg_sulfate_iv("rx-mgso4"),
+        quantity_draft, draft("rx-coded", None, route=ORAL) | {"medicationCodeableConcept": {
+            "coding": [{"system": RXNORM, "code": "198741"}]}},
+    ]
+    out.append(GoldenCase("r2-extraction", infant(6), extraction, (PATIENT_VIEW, ORDER_SELECT, ORDER_SIGN), drafts))
+    out.append(GoldenCase("r2-extraction-adult", patient(60), extraction, (PATIENT_VIEW,)))
+    return out
+
+
 def _synthetic_cases() -> list[GoldenCase]:
     """~60 synthetic patients: every profile, several seeds, mg/dL and mmol/L (about a third are SI)."""
     as_of = date(2025, 6, 15)
@@ -595,7 +653,7 @@ def golden_cases() -> list[GoldenCase]:
     builders._ids = itertools.count(1)
     try:
         cases = (_section5_cases() + _boundary_cases() + _spec_fixture_cases() + _dstu2_and_sandbox_cases()
-                 + _malformed_cases() + _synthetic_cases())
+                 + _malformed_cases() + _revision2_cases() + _synthetic_cases())
     finally:
         builders._ids = saved
     seen: set[str] = set()

@@ -1,10 +1,36 @@
-"""The synthetic test patients TP01-TP20 of clinical-rules.md section 5, as FHIR JSON."""
+"""The synthetic test patients of clinical-rules.md as FHIR JSON: TP01-TP20 (section 5) and TP21-TP33 (§8.4).
+
+``EXPECTED`` (TP01-TP20) drives test_test_patients.py; ``EXPECTED_R2`` adds the §8.4 patients with their §8
+conditions and drives test_revision2_patients.py together with the amended TP10/TP12 (``AMENDED``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from .builders import ICD10, IV, ORAL, SNOMED, cond, draft, infant, med, obs, patient, proc, when
+from .builders import (
+    ICD10,
+    IV,
+    ORAL,
+    PD_CATHETER_REMOVAL,
+    SNOMED,
+    al_hydroxide_draft,
+    ca_chloride,
+    cond,
+    draft,
+    infant,
+    iv_gluconate,
+    iv_sodium_phosphate,
+    med,
+    mg_oxide_draft,
+    obs,
+    patient,
+    proc,
+    ref_range,
+    warfarin_draft,
+    when,
+)
 
 Case = dict[str, Any]
 
@@ -309,9 +335,226 @@ EXPECTED: list[tuple[str, Any, list[tuple[str, str]]]] = [
     ("TP16", tp16, []),
     ("TP17", tp17, [("hypercalcemia", "warning"), ("vitamin-d-excess", "warning")]),
     ("TP17-order", lambda: tp17("order-select"), [("vitamin-d-order", "warning")]),
-    ("TP18", tp18, [("hypercalcemia", "info")]),
+    # TP18: P 5.0 > 4.5 in CKD G4 with Ca x P 49 -> R05 reported as well (§8 C1: whenever R01/R02 did not fire)
+    ("TP18", tp18, [("hypercalcemia", "info"), ("hyperphosphatemia", "info")]),
     ("TP19", tp19, [("caxp-high", "warning")]),
     ("TP20", tp20, [("hyperphosphatemia", "info")]),
 ]
 
-__all__ = ["EXPECTED", "ICD10", "SNOMED", "when"]
+
+# --- §8.4: revision-2 test patients TP21-TP33 (all dated relative to NOW) -------------------------------------
+
+
+def tp21() -> Case:
+    """No CKD; Ca 9.5 & P 6.2 same specimen d-1 (Ca x P 58.9): R05 must not be lost (C1)."""
+    return {
+        "patient": patient(52, "female"),
+        "resources": [
+            obs("egfr", 92, 1),
+            obs("ca", 9.5, 1, specimen="s1"),
+            obs("p", 6.2, 1, specimen="s1"),
+            obs("alb", 4.0, 1, specimen="s1"),
+        ],
+    }
+
+
+def _hd_g5d() -> list[dict[str, Any]]:
+    """N18.6 plus a haemodialysis session two days ago (labs at d-1 are outside its post-dialysis window)."""
+    return [cond("N18.6"), proc("302497006", days=2)]
+
+
+def tp22(k: float = 7.1, k_hours: float = 3, k_kind: str = "k") -> Case:
+    """G5D male, Ca x P 76.3, K 7.1 mmol/L 3 h ago; IV calcium gluconate: likely indicated (C2)."""
+    return {
+        "patient": patient(61, "male"),
+        "resources": [
+            *_hd_g5d(),
+            obs("ca", 10.6, 1, specimen="s1"),
+            obs("p", 7.2, 1, specimen="s1"),
+            obs(k_kind, k, 0, hours=k_hours),
+        ],
+        "hook": "order-select",
+        "drafts": [iv_gluconate("rx22")],
+    }
+
+
+def tp23() -> Case:
+    """G5D, Ca 9.0 & P 4.0 d-1; calcium chloride with no route: Replace first, no separate Remove (C2/C14)."""
+    return {
+        "patient": patient(57, "female"),
+        "resources": [*_hd_g5d(), obs("ca", 9.0, 1, specimen="s1"), obs("p", 4.0, 1, specimen="s1")],
+        "hook": "order-select",
+        "drafts": [ca_chloride("rx23")],
+    }
+
+
+def tp24(p: float = 1.0) -> Case:
+    """G5D, P 1.0 mg/dL & Ca 8.9 d-1; IV sodium phosphates: hypophosphatemia recognised (C3)."""
+    return {
+        "patient": patient(66, "male"),
+        "resources": [*_hd_g5d(), obs("p", p, 1, specimen="s1"), obs("ca", 8.9, 1, specimen="s1")],
+        "hook": "order-select",
+        "drafts": [iv_sodium_phosphate("rx24")],
+    }
+
+
+def tp25() -> Case:
+    """CREST (M34.1) + calcinosis cutis (L94.2), no CKD; IV calcium: info naming calcinosis cutis (C4)."""
+    return {
+        "patient": patient(58, "female"),
+        "resources": [
+            cond("M34.1"),
+            cond("L94.2"),
+            obs("egfr", 88, 10),
+            obs("ca", 9.4, 10, specimen="s1"),
+            obs("p", 3.6, 10, specimen="s1"),
+        ],
+        "hook": "order-select",
+        "drafts": [iv_gluconate("rx25")],
+    }
+
+
+def tp26(extra: list[dict[str, Any]] | None = None) -> Case:
+    """Kidney transplant (Z94.0 d-400) with a stale Z99.2 (onset 6 years ago) and no dialysis for 2 years (C5)."""
+    return {
+        "patient": patient(49, "male"),
+        "resources": [
+            cond("Z94.0", recorded_days=400),
+            cond("Z99.2", onset_days=6 * 365),
+            proc("302497006", days=2 * 365 + 10),
+            obs("bmi", 26, 30),
+            obs("egfr", 48, 5),
+            obs("ca", 10.8, 5, specimen="s1"),
+            obs("p", 3.4, 5, specimen="s1"),
+            obs("alb", 4.0, 5, specimen="s1"),
+            *(extra or []),
+        ],
+    }
+
+
+def tp27(with_pth: bool = True) -> Case:
+    """G5D with PTH 60 pmol/L (LOINC 14866-8) d-30: PTH is present, so no R03 (C8)."""
+    resources = [*_hd_g5d(), obs("ca", 9.2, 1, specimen="s1"), obs("p", 5.0, 1, specimen="s1"),
+                 obs("alb", 4.0, 1, specimen="s1")]
+    if with_pth:
+        resources.append(obs("pth_si", 60, 30))
+    return {"patient": patient(63, "male"), "resources": resources}
+
+
+def tp28(interpretation: str | None = None) -> Case:
+    """Age 3 years, Ca 10.8 & P 6.5 d-1 with adult reference ranges and no age band (C11)."""
+    return {
+        "patient": patient(3, "female"),
+        "resources": [
+            obs("ca", 10.8, 1, specimen="s1", ranges=[ref_range(8.4, 10.2, "mg/dL")], interpretation=interpretation),
+            obs("p", 6.5, 1, specimen="s1", ranges=[ref_range(2.5, 4.5, "mg/dL")], interpretation=interpretation),
+        ],
+    }
+
+
+def tp29(history: list[dict[str, Any]] | None = None) -> Case:
+    """G5D, Ca 10.6 & P 7.2 d-1, no warfarin ever; warfarin 5 mg oral draft: R24 (C16)."""
+    return {
+        "patient": patient(70, "female"),
+        "resources": [*_hd_g5d(), obs("ca", 10.6, 1, specimen="s1"), obs("p", 7.2, 1, specimen="s1"),
+                      *(history or [])],
+        "hook": "order-select",
+        "drafts": [warfarin_draft("rx29")],
+    }
+
+
+def tp30() -> Case:
+    """CKD 3b (N18.32) with eGFR 38 d-20; aluminium hydroxide oral: R21 info (C17)."""
+    return {
+        "patient": patient(68, "male"),
+        "resources": [cond("N18.32"), obs("egfr", 38, 20)],
+        "hook": "order-select",
+        "drafts": [al_hydroxide_draft("rx30")],
+    }
+
+
+def tp31() -> Case:
+    """No CKD, Ca 10.4 & P 7.2 d-1 plus a second calcium dated 9999-12-31: skipped, not fatal (C6)."""
+    return {
+        "patient": patient(47, "male"),
+        "resources": [
+            obs("egfr", 95, 1),
+            obs("ca", 10.4, 1, specimen="s1"),
+            obs("p", 7.2, 1, specimen="s1"),
+            obs("alb", 4.0, 1, specimen="s1"),
+            obs("ca", 9.1, at="9999-12-31T00:00:00Z", oid="ca-future"),
+        ],
+    }
+
+
+def tp32() -> Case:
+    """CKD 3b, eGFR 40, Ca 10.7 & P 5.1 d-10; only Procedure: removal of a PD catheter d-10 (C5)."""
+    return {
+        "patient": patient(59, "female"),
+        "resources": [
+            cond("N18.32"),
+            obs("egfr", 40, 10),
+            obs("ca", 10.7, 10, specimen="s1"),
+            obs("p", 5.1, 10, specimen="s1"),
+            proc(PD_CATHETER_REMOVAL, days=10, display="Removal of peritoneal dialysis catheter"),
+        ],
+    }
+
+
+def tp33(mg: float = 1.4) -> Case:
+    """Kidney transplant on tacrolimus, CKD 3a (eGFR 52), Mg 1.4 mg/dL below LLN d-3; magnesium oxide (C17)."""
+    return {
+        "patient": patient(45, "female"),
+        "resources": [
+            cond("Z94.0", recorded_days=900),
+            cond("N18.31"),
+            med("Tacrolimus 1 MG Oral Capsule"),
+            obs("egfr", 52, 3),
+            obs("egfr", 55, 120),
+            obs("mg", mg, 3, ref=(1.7, 2.4)),
+        ],
+        "hook": "order-select",
+        "drafts": [mg_oxide_draft("rx33")],
+    }
+
+
+@dataclass(frozen=True)
+class R2Case:
+    """A §8.4 expectation: the exact (rule id, indicator) set plus the §8 conditions that go with it."""
+
+    case_id: str
+    build: Any
+    expected: list[tuple[str, str]]
+    # (rule id, indicator) pairs that may also appear (§8.4 "acceptable")
+    allowed: list[tuple[str, str]] = field(default_factory=list)
+    no_delete: bool = False              # no suggestion of any card has a delete action
+    no_remove_only: bool = False         # no suggestion that only deletes (a Replace may delete + create)
+    first_is_replace: bool = False       # the first suggestion is delete + create (chloride -> gluconate)
+    forbidden_anywhere: tuple[str, ...] = ()   # words absent from every card (case-insensitive)
+    forbidden_in_summary: tuple[str, ...] = ()
+    summary_patterns: tuple[str, ...] = ()     # regexes every card summary must match (case-insensitive)
+    detail_patterns: tuple[str, ...] = ()      # regexes some card detail must match (case-insensitive)
+
+
+# §8.4 table. "exactly one card" in §8.4 is expressed by a one-element ``expected`` with no ``allowed``.
+EXPECTED_R2: list[R2Case] = [
+    R2Case("TP21", tp21, [("hyperphosphatemia", "info")]),
+    R2Case("TP22", tp22, [("iv-calcium-order", "info")], no_delete=True,
+           summary_patterns=(r"\b(K|potassium)\s*7\.1",)),
+    R2Case("TP23", tp23, [("iv-calcium-order", "warning")], no_remove_only=True, first_is_replace=True),
+    R2Case("TP24", tp24, [("iv-phosphate-order", "info")], no_delete=True,
+           forbidden_in_summary=("hyperphosphatemia",), summary_patterns=(r"hypophosphatemia",)),
+    R2Case("TP25", tp25, [("iv-calcium-order", "info")], forbidden_anywhere=("calciphylaxis",),
+           summary_patterns=(r"calcinosis cutis",)),
+    R2Case("TP26", tp26, [("hypercalcemia", "info")], forbidden_anywhere=("dialysis",)),
+    R2Case("TP27", tp27, []),
+    R2Case("TP28", tp28, [], allowed=[("hypercalcemia", "info")]),
+    R2Case("TP29", tp29, [("warfarin-calciphylaxis-risk", "warning")], no_delete=True),
+    R2Case("TP30", tp30, [("al-mg-binder-order", "info")]),
+    R2Case("TP31", tp31, [("caxp-high", "warning")], detail_patterns=(r"ignored",)),
+    R2Case("TP32", tp32, [("hypercalcemia", "info"), ("hyperphosphatemia", "info")],
+           forbidden_anywhere=("dialysis",)),
+    R2Case("TP33", tp33, []),
+]
+
+__all__ = ["EXPECTED", "EXPECTED_R2", "ICD10", "IV", "ORAL", "SNOMED", "R2Case", "draft", "when"]

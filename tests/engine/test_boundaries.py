@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from .builders import IV, cond, draft, obs, outcome, patient, proc, run
+from .builders import IV, cond, draft, obs, outcome, patient, proc, ref_range, run
 
 
 def _g5d() -> list[dict[str, Any]]:
@@ -36,7 +36,8 @@ def test_caxp_thresholds_in_ckd(ca: float, p: float, expected: list[tuple[str, s
 
 
 def test_r02_needs_ckd() -> None:
-    assert ids(run(patient(60), _pair(10.0, 6.0))) == []
+    """Without CKD there is no R02; the high phosphate is reported by R05 instead (§8 C1)."""
+    assert ids(run(patient(60), _pair(10.0, 6.0))) == ["hyperphosphatemia"]
 
 
 # --- recency windows of the pair (30 / 90 days) ---------------------------------------------------------
@@ -59,9 +60,18 @@ def test_caxp_age_13(age: int, expected: list[str]) -> None:
 
 
 def test_child_fires_when_above_own_reference_range() -> None:
-    resources = [obs("ca", 10.0, 1, specimen="s1", ref=(8.8, 10.8)), obs("p", 7.5, 1, specimen="s1", ref=(4.0, 7.0)),
+    """Under 13 only an age-banded range is the lab's own age-specific range (§8 C11)."""
+    banded = [ref_range(4.0, 7.0, "mg/dL", age=(5, 12, "a"))]
+    resources = [obs("ca", 10.0, 1, specimen="s1", ref=(8.8, 10.8)), obs("p", 7.5, 1, specimen="s1", ranges=banded),
                  obs("alb", 4.0, 1, specimen="s1")]
     assert ids(run(patient(8), resources)) == ["caxp-high"]
+
+
+def test_child_adult_range_without_age_band_never_fires_caxp() -> None:
+    """§8 C11: a range without an age band cannot make R01 fire under 13."""
+    resources = [obs("ca", 10.0, 1, specimen="s1", ref=(8.8, 10.8)), obs("p", 7.5, 1, specimen="s1", ref=(4.0, 7.0)),
+                 obs("alb", 4.0, 1, specimen="s1")]
+    assert "caxp-high" not in ids(run(patient(8), resources))
 
 
 # --- pairing: 24 h / 48 h / dialysis guard ----------------------------------------------------------------
@@ -117,9 +127,15 @@ def test_phosphate_adult_threshold(p: float, expected: list[str]) -> None:
     assert ids(run(patient(40), [obs("p", p, 2)])) == expected
 
 
-@pytest.mark.parametrize(("p", "expected"), [(5.5, []), (5.51, ["hyperphosphatemia"])])
-def test_phosphate_g5d_target(p: float, expected: list[str]) -> None:
-    assert ids(run(patient(60), _g5d() + [obs("p", p, 2), obs("pth", 200, 20), obs("ca", 9.0, 10)])) == expected
+@pytest.mark.parametrize(("previous", "p", "expected"), [
+    (6.0, 5.5, []), (6.0, 5.51, ["hyperphosphatemia"]),   # two results: both > 5.5 needed
+    (None, 5.51, []), (None, 6.99, []), (None, 7.0, ["hyperphosphatemia"]),   # one result: >= 7.0 needed
+])
+def test_phosphate_g5d_target(previous: float | None, p: float, expected: list[str]) -> None:
+    """R05 in CKD G5D needs the last two pre-dialysis P > 5.5 mg/dL, or one >= 7.0 (§8.0 / C1 volume gate)."""
+    earlier = [obs("p", previous, 20)] if previous is not None else []
+    resources = _g5d() + earlier + [obs("p", p, 2), obs("pth", 200, 20), obs("ca", 9.0, 10)]
+    assert ids(run(patient(60), resources)) == expected
 
 
 # --- PTH 9 x ULN ------------------------------------------------------------------------------------------

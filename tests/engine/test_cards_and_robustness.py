@@ -50,7 +50,7 @@ def test_cards_are_cds_hooks_2_valid() -> None:
         uuid.UUID(card["uuid"], version=4)
         assert len(card["summary"]) < 140
         assert card["indicator"] in ("info", "warning", "critical")
-        assert card["source"]["label"] == "Calcinosis Cutis Risk Service (rules v0.1)"
+        assert card["source"]["label"] == "Calcinosis Cutis Risk Service (rules v0.2)"
         assert card["source"]["topic"]["system"] == "https://calcinosis-cds.org/fhir/CodeSystem/cds-rule"
         assert "This is decision support, not a diagnosis." in card["detail"]
         if "suggestions" in card:
@@ -171,7 +171,8 @@ def test_every_rule_has_a_template_and_topic_table_is_complete() -> None:
         "calciphylaxis-risk", "iv-calcium-order", "iv-phosphate-order", "oral-calcium-order",
         "calcium-heparin-order", "vitamin-d-order", "vitamin-d-excess", "tumor-lysis",
         "connective-tissue-disease", "milk-alkali", "tumoral-calcinosis", "documented-calcinosis",
-        "al-mg-binder-order", "hyperparathyroid-pattern", "albumin-needed"}
+        "al-mg-binder-order", "hyperparathyroid-pattern", "albumin-needed",
+        "warfarin-calciphylaxis-risk", "evaluation-incomplete"}
 
 
 def test_missing_valueset_file_is_reported_not_fatal(tmp_path: Path) -> None:

@@ -141,3 +141,101 @@ def test_g4_without_recent_labs_is_t3_info() -> None:
     resources = [cond("N18.4"), obs("ca", 9.0, 20), obs("p", 4.0, 20)]
     result = run(patient(70), resources, "order-select", [draft("c", "Calcium gluconate 1 g", route=IV)])
     assert outcome(result) == [("iv-calcium-order", "info")]
+
+
+# --- revision 2 (clinical-rules.md §8): PN, CRRT fluids, binders, names, doses, routes -----------------------------
+
+@pytest.mark.parametrize(("text", "is_pn"), [
+    ("Parenteral nutrition admixture: amino acids 5%, dextrose 15%, calcium gluconate 10 mEq", True),
+    ("PN: calcium gluconate 10 mEq + potassium phosphate 15 mmol", True),
+    ("TPN with potassium phosphate 15 mmol", True),
+    ("Clinimix E 5/15 with calcium", True),
+    ("SmofKabiven peripheral", True),
+    ("Olimel N9E", True),
+    ("Calcium gluconate 1 g in 100 mL", False),
+    ("Sodium phosphates 15 mmol in 250 mL", False),
+])
+def test_parenteral_nutrition_is_flagged(text: str, is_pn: bool) -> None:
+    """§8 C7: a PN admixture is flagged (the rules cap its card); its calcium/phosphate classes are kept."""
+    order = parse(draft("pn", text, route=IV))
+    assert order.is_parenteral_nutrition is is_pn
+    assert not order.excluded_reason
+
+
+def test_route_less_pn_with_phosphate_is_iv_phosphate() -> None:
+    order = parse(draft("pn", "TPN with potassium phosphate 15 mmol"))
+    assert IV_PHOSPHATE in order.classes
+    assert order.route_inferred
+
+
+@pytest.mark.parametrize("text", [
+    "Prismasol BGK 4/2.5 replacement fluid 5000 mL", "Phoxillum BK4/2.5 5000 mL", "CRRT replacement fluid with calcium",
+    "Dialysate calcium chloride 3 mEq/L",
+])
+def test_crrt_fluids_never_trigger_r08_r09(text: str) -> None:
+    """§8.0 C7: CRRT replacement fluids and dialysate are excluded, with a reason."""
+    order = parse(draft("f", text, route=IV))
+    assert order.classes == frozenset()
+    assert order.excluded_reason == "med-calcium-exclusions"
+
+
+@pytest.mark.parametrize(("resource", "classes"), [
+    (draft("a", "Aluminum Hydroxide 500 MG Oral Tablet", code="243449", route=ORAL),
+     {"med-al-mg-binder", "med-aluminium-binder"}),
+    (draft("b", "Magnesium Oxide 400 MG Oral Tablet", code="198741", route=ORAL),
+     {"med-al-mg-binder", "med-magnesium-binder"}),
+    (draft("c", "magnesium chloride 64 mg delayed-release tablet", route=ORAL),
+     {"med-al-mg-binder", "med-magnesium-binder"}),
+    (draft("d", "aluminum hydroxide / magnesium hydroxide suspension", route=ORAL),
+     {"med-al-mg-binder", "med-aluminium-binder", "med-magnesium-binder"}),
+    (draft("e", "Magnesium sulfate 2 g in 50 mL", route=IV), set()),
+    (draft("f", "Magnesium chloride 200 mg/mL injection", route=IV), set()),
+    (draft("g", None, route=ORAL) | {"medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "6582"}]}},
+     {"med-al-mg-binder", "med-magnesium-binder"}),
+])
+def test_binder_classes(resource: dict[str, Any], classes: set[str]) -> None:
+    """§8 C17: the general Al/Mg class plus the specific one; IV magnesium is out of scope."""
+    assert parse(resource).classes == classes
+
+
+def test_coded_draft_without_text_is_named_by_its_display() -> None:
+    coded = draft("n", None, route=ORAL) | {"medicationCodeableConcept": {"coding": [{"system": RXNORM,
+                                                                                      "code": "198741"}]}}
+    assert parse(coded).name == "Magnesium Oxide 400 MG Oral Tablet"
+
+
+def _with_dose(quantity: dict[str, Any]) -> dict[str, Any]:
+    resource = draft("q", "Calcium carbonate 500 mg", route=ORAL)
+    resource["dosageInstruction"][0]["doseAndRate"] = [{"doseQuantity": quantity}]
+    return resource
+
+
+@pytest.mark.parametrize(("quantity", "text"), [
+    ({"value": 1, "unit": "{pill}", "code": "{pill}"}, "1"),
+    ({"value": 1.0, "unit": "pill", "code": "{pill}"}, "1 pill"),
+    ({"value": 2, "code": "{tbl}"}, "2"),
+    ({"value": 0.5, "unit": "g", "code": "g"}, "0.5 g"),
+    ({"value": 10, "unit": "mL", "code": "mL"}, "10 mL"),
+])
+def test_dose_text_never_shows_ucum_annotations(quantity: dict[str, Any], text: str) -> None:
+    assert parse(_with_dose(quantity)).dose_text == text
+
+
+def test_dose_free_text_loses_annotations() -> None:
+    assert parse(draft("t", "Calcium carbonate 500 mg", dose="1 {pill} twice daily")).dose_text == "1 twice daily"
+
+
+def test_route_text_is_empty_without_a_route() -> None:
+    order = parse(draft("r", "Calcium gluconate 1 g"))
+    assert order.route_text == ""
+    assert order.route == "iv"  # inferred for an injectable salt
+    assert parse(draft("r2", "Acetaminophen 500 mg")).route_text == ""
+
+
+def test_every_draft_is_a_trigger_without_selections() -> None:
+    """§8.0: on order-sign there are no selections; every draft MedicationRequest is a trigger."""
+    drafts = [draft("a", "Calcium gluconate 1 g", route=IV), draft("b", "Warfarin 5 mg", route=ORAL)]
+    orders, _ = parse_draft_orders(drafts, [], default_index())
+    assert [o.selected for o in orders] == [True, True]
+    orders, _ = parse_draft_orders(drafts, ["MedicationRequest/b"], default_index())
+    assert [o.selected for o in orders] == [False, True]

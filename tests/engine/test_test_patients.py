@@ -83,7 +83,7 @@ def test_tp04_folds_hypercalcemia_and_suggests_workup() -> None:
 
 def test_tp05_mentions_last_pair() -> None:
     c = card(_run(tp05()), "mineral-labs-due")
-    assert c["summary"] == "Dialysis/CKD G5: no serum calcium or phosphate in 90 days – order labs"
+    assert c["summary"] == "CKD G5D: no serum calcium or phosphate in 90 days – order labs"
     assert "80.2" in c["detail"]
     assert "120 days ago" in c["detail"]
     assert {"17861-6", "2777-1", "1751-7"} <= action_codes(c)
@@ -92,7 +92,7 @@ def test_tp05_mentions_last_pair() -> None:
 def test_tp10_critical_card_shape() -> None:
     result = _run(tp10())
     c = card(result, "iv-calcium-order")
-    assert c["selectionBehavior"] == "at-most-one"
+    assert c["selectionBehavior"] == "any"  # §8.4 TP10 amended (C14)
     assert c["overrideReasons"]
     assert all(r["display"] for r in c["overrideReasons"])
     deletes = [a for s in c["suggestions"] for a in s["actions"] if a["type"] == "delete"]
@@ -117,7 +117,7 @@ def test_tp11_route_inferred_and_gluconate_replacement() -> None:
 
 def test_tp12_tls_variant() -> None:
     c = card(_run(tp12()), "iv-calcium-order")
-    assert "tumor lysis syndrome (P 6.8 mg/dL)" in c["summary"]
+    assert "P 6.8 mg/dL" in c["summary"]  # §8.4 TP12 amended: the summary follows C2
     assert any("consider not giving calcium" in s["label"] for s in c["suggestions"])
 
 

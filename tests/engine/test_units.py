@@ -38,6 +38,10 @@ CASES = [
     ("potassium", 6.0, "mEq/L", 6.0),
     ("bicarbonate", 31.0, "mmol/L", 31.0),
     ("bicarbonate", 31.0, "mEq/L", 31.0),
+    ("pth", 60.0, "pmol/L", 565.8),         # §8 C8: LOINC 14866-8
+    ("magnesium", 2.0, "mg/dL", 2.0),       # §8 C17
+    ("magnesium", 0.7, "mmol/L", 1.7017),
+    ("magnesium", 1.4, "mEq/L", 1.701),
 ]
 
 

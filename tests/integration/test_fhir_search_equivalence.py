@@ -31,6 +31,7 @@ Resource = dict[str, Any]
 SEED = 7
 EDGE = "edge-1"
 DUPLICATE = {"system": "urn:test:ids", "value": "a-1"}  # complex values are not de-duplicated (they carry a path)
+NON_EMPTY_SHARE = 0.55  # share of the queries that must return entries (the check is not vacuous)
 
 
 def run_check(
@@ -172,7 +173,9 @@ def test_per_type_expressions_answer_every_query_with_the_same_bytes(
     assert summary["expression_mismatches"] == 0, summary["expression_mismatch_examples"]
     # Not vacuous: most queries return entries, and the narrowed expressions were evaluated on real values.
     assert summary["queries"] == len(queries)
-    assert summary["queries_with_entries"] >= 0.7 * len(queries), summary
+    # Discovery also asks for data these records rarely hold (warfarin history, CRRT ServiceRequests, the
+    # continuation keys of a split code list: issue 13), hence 0.55 rather than 0.7 of the queries.
+    assert summary["queries_with_entries"] >= NON_EMPTY_SHARE * len(queries), summary
     assert summary["narrowed"] > 300
     # search-parameters.mjs picks the same union members as Medplum's getExpressionForResourceType, everywhere.
     assert summary["medplum_selection_mismatches"] == []
@@ -229,7 +232,7 @@ def test_per_type_expressions_on_synthea_records(tmp_path: Path) -> None:
     summary = run_check(tmp_path, bundles, queries, sample_per_type=60)["per-type"]
     assert summary["query_mismatches"] == 0, summary["query_mismatch_examples"]
     assert summary["expression_mismatches"] == 0, summary["expression_mismatch_examples"]
-    assert summary["queries_with_entries"] >= 0.7 * len(queries), summary
+    assert summary["queries_with_entries"] >= NON_EMPTY_SHARE * len(queries), summary
     assert len(summary["expression_types"]) >= 10, summary
 
 

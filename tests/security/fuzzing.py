@@ -15,6 +15,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from cds_service.services import resource_type_of, service_definitions
+
 SERVICE_IDS = ("calcinosis-patient-view", "calcinosis-order-select", "calcinosis-order-sign")
 HOOK_BY_SERVICE = {
     "calcinosis-patient-view": "patient-view",
@@ -279,8 +281,10 @@ def _searchset(resources: st.SearchStrategy[dict[str, Any]], max_size: int) -> s
         lambda rs: {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in rs]})
 
 
-_PREFETCH_TYPES = {"observations": "Observation", "conditions": "Condition", "procedures": "Procedure",
-                   "medications": "MedicationRequest", "medicationStatements": "MedicationStatement"}
+# Every advertised key but the patient, with the resource type it searches (derived from discovery, so a new key
+# is fuzzed as soon as it is advertised).
+_PREFETCH_TYPES = {p.key: resource_type_of(p.template) for p in service_definitions()[0].prefetch
+                   if p.key != "patient"}
 
 
 @st.composite

@@ -37,6 +37,7 @@ from tests.security.tokens import (
     jwks_fetches,
     settings_for,
 )
+from tests.support.fhir_builders import prefetch_for
 
 SERVICE_ID = "calcinosis-patient-view"
 ORIGIN = "https://sandbox.cds-hooks.org"
@@ -50,16 +51,13 @@ LEEWAY = 60
 
 def hook_body() -> dict[str, Any]:
     """A valid patient-view call with the required prefetch present (empty searchsets)."""
-    empty = {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}
     return {
         "hookInstance": str(uuid.uuid4()),
         "hook": "patient-view",
         "context": {"patientId": "p1", "userId": "Practitioner/doc1"},
-        "prefetch": {
-            "patient": {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01", "gender": "female"},
-            "observations": empty, "conditions": empty, "procedures": empty, "medications": empty,
-            "medicationStatements": empty,
-        },
+        # Every advertised key: an empty searchset each, the patient alone (prefetch_for derives the keys).
+        "prefetch": prefetch_for(
+            [{"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01", "gender": "female"}]),
     }
 
 

@@ -10,9 +10,6 @@ Without chromium these tests FAIL (so CI cannot pass silently); set CALCINOSIS_S
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,43 +20,21 @@ from flask import Flask
 
 from tests.smart.conftest import LiveServer, expected_counts
 from tests.support.app import make_app
+from tests.support.browser import headless_chromium
 from tests.support.fhir_builders import hook_request
 from tests.support.smart_auth_server import SmartAuthServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACT = Path(__file__).resolve().parents[1] / "artifacts" / "smart-viewer.png"
 PANEL_WIDTH = 380  # an EHR side panel
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    """Headless Chromium with a fresh profile; nothing is downloaded (explicit chromedriver Service)."""
-    if os.environ.get("CALCINOSIS_SKIP_BROWSER") == "1":
-        pytest.skip("CALCINOSIS_SKIP_BROWSER=1")
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
-    if missing:
-        pytest.fail(f"browser test needs {', '.join(missing)}: apt-get install chromium chromium-driver "
-                    "(or set CALCINOSIS_SKIP_BROWSER=1 to skip)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="smart-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={profile}", f"--window-size={PANEL_WIDTH},1400"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    """Headless Chromium sized like an EHR side panel."""
+    with headless_chromium((PANEL_WIDTH, 1400)) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture

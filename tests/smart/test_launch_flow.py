@@ -32,7 +32,9 @@ def test_ehr_launch_shows_the_patient_with_the_issued_token(
     assert auth_server.errors == []
     sent = auth_server.authorize_requests[-1]
     assert sent["scope"].split() == ["launch", "patient/Observation.rs", "patient/Condition.rs",
-                                     "patient/MedicationRequest.rs", "patient/Patient.r", "openid", "fhirUser"]
+                                     "patient/Procedure.rs", "patient/MedicationRequest.rs",
+                                     "patient/MedicationStatement.rs", "patient/ServiceRequest.rs",
+                                     "patient/Patient.r", "openid", "fhirUser"]
     assert sent["code_challenge_method"] == "S256"
     assert sent["launch"] == launch
     assert callback.status_code == 303

@@ -48,8 +48,8 @@ def test_fresh_verifiers_and_states_are_unique_and_long() -> None:
 
 def test_requested_scopes_v2_v1_and_standalone() -> None:
     assert requested_scopes(ehr_launch=True, v1=False) == (
-        "launch patient/Observation.rs patient/Condition.rs patient/MedicationRequest.rs patient/Patient.r "
-        "openid fhirUser")
+        "launch patient/Observation.rs patient/Condition.rs patient/Procedure.rs patient/MedicationRequest.rs "
+        "patient/MedicationStatement.rs patient/ServiceRequest.rs patient/Patient.r openid fhirUser")
     assert requested_scopes(ehr_launch=False, v1=True).split()[:2] == ["launch/patient", "patient/Observation.read"]
 
 
@@ -64,7 +64,8 @@ def test_grants_read(granted: str, readable: bool) -> None:
 
 
 def test_missing_read_grants_lists_what_was_not_shared() -> None:
-    assert missing_read_grants("patient/Observation.rs patient/Patient.r") == ["Condition", "MedicationRequest"]
+    assert missing_read_grants("patient/Observation.rs patient/Patient.r patient/Procedure.rs") == [
+        "Condition", "MedicationRequest", "MedicationStatement", "ServiceRequest"]
 
 
 @responses.activate

@@ -9,6 +9,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cds_service.services import service_definitions
+
 LOINC = "http://loinc.org"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
@@ -104,14 +106,20 @@ def prefetch_for(resources: list[Resource]) -> dict[str, Any]:
     for r in resources:
         by_type.setdefault(r["resourceType"], []).append(r)
     patients = by_type.get("Patient", [])
-    return {
+    prefetch = {
         "patient": patients[0] if patients else None,
         "observations": searchset(by_type.get("Observation", [])),
         "conditions": searchset(by_type.get("Condition", [])),
         "procedures": searchset(by_type.get("Procedure", [])),
+        "serviceRequests": searchset(by_type.get("ServiceRequest", [])),
         "medications": searchset([r for r in by_type.get("MedicationRequest", []) if r.get("status") != "draft"]),
         "medicationStatements": searchset(by_type.get("MedicationStatement", [])),
     }
+    # Discovery may advertise more keys of these types (a code list split to keep URLs short, the warfarin
+    # history): the keys above already hold every resource of the type, so the others are empty.
+    for spec in service_definitions()[0].prefetch:
+        prefetch.setdefault(spec.key, searchset([]))
+    return prefetch
 
 
 def hook_request(hook: str, pid: str, *, prefetch: dict[str, Any] | None = None, fhir_server: str | None = None,

@@ -28,8 +28,11 @@ import requests
 from flask import Flask, Response, jsonify, redirect, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from cds_service.smart.scopes import READ_TYPES
+
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
-REQUIRED_DATA_SCOPES = ("Observation", "Condition", "MedicationRequest", "Patient")
+# Every type the viewer reads (cds_service.smart.scopes.READ_TYPES) plus the Patient.
+REQUIRED_DATA_SCOPES = (*READ_TYPES, "Patient")
 
 
 def s256(verifier: str) -> str:

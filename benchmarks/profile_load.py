@@ -5,8 +5,8 @@ explains the gap between a target and the measured figure).
     python benchmarks/profile_load.py --audit off --record large --seconds 20
     python benchmarks/profile_load.py --audit postgres   # also PostgreSQL's own CPU per request
 
-It starts the floor (``benchmarks/floor_app.py``) and the service (gunicorn with ``cds_service.gunicorn_conf``,
-2 workers x 2 threads, dev mode, audit as chosen) exactly as ``benchmarks/run.py`` does, and then:
+It starts the floor (``benchmarks/floor_app.py``) and the service (``calcinosis-cds serve``: granian, 2 workers x
+2 app threads, dev mode, audit as chosen) exactly as ``benchmarks/run.py`` does, and then:
 
 1. drives each with wrk (``benchmarks/post.lua``, the same body) without a profiler and reads the workers' CPU
    time from ``/proc``: server CPU per request for the floor and for the service, which is what bounds the
@@ -44,10 +44,11 @@ from benchmarks.run import (  # noqa: E402
     PATIENT_VIEW,
     Server,
     build_record,
+    floor_process,
     fresh_postgres_database,
-    gunicorn,
     hook_body,
     run_wrk,
+    service,
     service_env,
 )
 from benchmarks.stack_components import component_shares  # noqa: E402
@@ -83,7 +84,7 @@ class LoadRun:
 
 
 def worker_cpu_seconds(master_pid: int) -> float:
-    """User + system CPU seconds of the gunicorn master's children so far (Linux ``/proc``)."""
+    """User + system CPU seconds of the server master's children (its workers) so far (Linux ``/proc``)."""
     return _cpu_seconds(lambda _name, parent: parent == master_pid)
 
 
@@ -196,18 +197,18 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         env = service_env(work, "service", audit=options.audit != "off", database_url=database_url)
         warm_up = min(2, options.seconds)
-        with gunicorn("floor", "floor_app:app", work, {}, floor=True) as floor_server:
+        with floor_process("floor", work) as floor_server:
             drive(floor_server, body_file, warm_up, options.connections)
             floor = drive(floor_server, body_file, options.seconds, options.connections)
-        with gunicorn("service", "cds_service:create_app()", work, env) as server:
+        with service("service", work, env) as server:
             drive(server, body_file, warm_up, options.connections)
-            service = drive(server, body_file, options.seconds, options.connections)
+            measured = drive(server, body_file, options.seconds, options.connections)
             profiled, shares, total = profile(server, body_file, options.seconds, options.connections,
                                               work / "py-spy.txt")
     if not total:
         print("error: py-spy recorded no samples", file=sys.stderr)
         return 1
-    print(report(options.record, options.audit, options.connections, floor, service, profiled, shares, total))
+    print(report(options.record, options.audit, options.connections, floor, measured, profiled, shares, total))
     return 0
 
 

@@ -5,11 +5,13 @@
     python benchmarks/run.py --smoke    # two scenarios, about a second each (the smoke test)
 
 What it starts, all on 127.0.0.1 and free ports, stopped at the end:
-- the service the way production runs it: ``gunicorn -c python:cds_service.gunicorn_conf 'cds_service:create_app()'``
-  (2 gthread workers x 2 threads, no keep-alive, JSON request log on), with the audit log on SQLite, on
+- the service the way production runs it: ``calcinosis-cds serve`` (granian, 2 workers x 2 app threads behind
+  cds_service.buffered_wsgi, no keep-alive, JSON request log on), with the audit log on SQLite, on
   PostgreSQL (a fresh database on 127.0.0.1:5432, migrated with ``calcinosis-cds db upgrade``, dropped
   afterwards) and off;
-- the floor: ``benchmarks/floor_app.py`` (an empty handler) under the same gunicorn settings;
+- the floor: ``benchmarks/floor_app.py`` (an empty handler) under the same serving model, and under the previous
+  one (gunicorn gthread, ``benchmarks/gunicorn_previous.py``) -- both floors side by side -- plus, outside
+  ``--smoke``, the typical record under that previous model (issue 16 item 8);
 - the FHIR test server (tests/fhir_server) with ``--latency-ms 100`` for the no-prefetch scenario.
 
 Load comes from ``wrk`` (Debian package) with ``benchmarks/post.lua``. The service runs with ``CDS_DEV=1``: no
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -47,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks import adversarial  # noqa: E402
 from benchmarks.client_tokens import ClientTokens  # noqa: E402
 from cds_service.services import service_definitions  # noqa: E402
 from cds_service.synth import SynthPatient, generate_patient, transaction_bundles  # noqa: E402
@@ -60,12 +64,19 @@ PLACEHOLDER_INSTANCE = "00000000-0000-4000-8000-000000000000"
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
 SEED = 2025
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# The audit chain's HMAC key (required outside --dev): one random key per run, shared by every instance.
+AUDIT_CHAIN_KEY = secrets.token_hex(32)
 PATIENT_VIEW = "calcinosis-patient-view"
 REMOTE = "patient-view no prefetch (small record), FHIR +100 ms/query"
 AUTHENTICATED = "patient-view typical, audit SQLite, client JWT (production mode)"
 AUDIT_OFF = "patient-view typical, audit off"
 AUDIT_POSTGRES = "patient-view typical, audit PostgreSQL"
 TYPICAL_SQLITE = "patient-view typical (150 obs), audit SQLite"
+# Issue 16 item 8: both floors side by side, and the typical record under the previous serving model.
+FLOOR = "floor (empty handler)"
+FLOOR_GUNICORN = "floor (empty handler), gunicorn gthread (previous)"
+TYPICAL_GUNICORN = "patient-view typical, audit SQLite, gunicorn gthread (previous)"
+ADVERSARIAL_PAIRING = "adversarial: 500 Ca x 500 P x 2,000 dialysis sessions @2"
 # Tokens signed per wrk thread and run: enough for this many requests per second (the service's best is far
 # below); running out shows as 401s (replays) in the errors column rather than as a silently wrong number.
 MAX_AUTHENTICATED_RATE = 600
@@ -194,7 +205,7 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout_s
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)  # gunicorn: graceful stop of master and workers
+        process.send_signal(signal.SIGTERM)  # graceful stop of the master and its workers (both servers)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -218,34 +229,41 @@ class Server:
 
 
 @contextmanager
-def gunicorn(name: str, app: str, work: Path, env_extra: dict[str, str], *, floor: bool = False) -> Iterator[Server]:
-    """Start gunicorn with production settings (the service's own config file, or the same values for the floor)."""
-    from cds_service import gunicorn_conf
-
+def _server_process(name: str, argv: list[str], work: Path, env_extra: dict[str, str],
+                    ready_path: str) -> Iterator[Server]:
+    """Start ``argv`` (a server listening on the port it is told), wait for ``ready_path``, stop it at the end."""
     port = free_port()
     # The JWT audience is the URL as clients call it (CDS_PUBLIC_BASE_URL), here this server's own origin.
     env = {**os.environ, "CDS_HOST": "127.0.0.1", "CDS_PORT": str(port),
            "CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", **env_extra}
-    if floor:
-        args = ["--bind", f"127.0.0.1:{port}", "--workers", str(gunicorn_conf.workers),
-                "--worker-class", gunicorn_conf.worker_class, "--threads", str(gunicorn_conf.threads),
-                "--keep-alive", str(gunicorn_conf.keepalive), "--timeout", str(gunicorn_conf.timeout),
-                "--pythonpath", str(BENCH_DIR)]
-        if gunicorn_conf.worker_tmp_dir:
-            args += ["--worker-tmp-dir", gunicorn_conf.worker_tmp_dir]
-    else:
-        args = ["-c", "python:cds_service.gunicorn_conf"]
+    argv = [part.replace("{port}", str(port)) for part in argv]
     log = work / f"{name}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(  # noqa: S603 - fixed argument list
-            [sys.executable, "-m", "gunicorn", *args, app], cwd=REPO, env=env, stdout=sink, stderr=sink,
-            start_new_session=True)
+            [sys.executable, *argv], cwd=REPO, env=env, stdout=sink, stderr=sink, start_new_session=True)
     try:
-        # The service's liveness endpoint needs no client JWT (discovery does outside dev mode).
-        _wait_ready(f"http://127.0.0.1:{port}{'/cds-services' if floor else '/healthz'}", process, log)
+        _wait_ready(f"http://127.0.0.1:{port}{ready_path}", process, log)
         yield Server(name, port, process, log)
     finally:
         _stop(process)
+
+
+def service(name: str, work: Path, env_extra: dict[str, str]) -> Any:
+    """The service the way production runs it: ``calcinosis-cds serve`` (granian + BufferedWSGI, issue 16)."""
+    # The service's liveness endpoint needs no client JWT (discovery does outside dev mode).
+    return _server_process(name, ["-m", "cds_service.cli", "serve"], work, env_extra, "/healthz")
+
+
+def floor_process(name: str, work: Path) -> Any:
+    """The empty handler under the service's serving model (benchmarks/floor_app.py's own main)."""
+    return _server_process(name, [str(BENCH_DIR / "floor_app.py"), "{port}"], work, {}, "/cds-services")
+
+
+def gunicorn_previous(name: str, app: str, work: Path, env_extra: dict[str, str], ready_path: str) -> Any:
+    """``app`` under the previous serving model: gunicorn gthread with benchmarks/gunicorn_previous.py."""
+    return _server_process(name, ["-m", "gunicorn", "-c", "python:benchmarks.gunicorn_previous", "--bind",
+                                  "127.0.0.1:{port}", "--pythonpath", f"{REPO},{BENCH_DIR}", app],
+                           work, env_extra, ready_path)
 
 
 def service_env(work: Path, name: str, *, audit: bool, database_url: str = "",
@@ -260,7 +278,7 @@ def service_env(work: Path, name: str, *, audit: bool, database_url: str = "",
     env = {"CDS_DEV": "0" if trusted_issuers_file else "1", "CDS_DATA_DIR": str(data_dir),
            "CDS_AUDIT_ENABLED": "1" if audit else "0", "CDS_LOG_LEVEL": "INFO",
            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-           "CDS_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)}
+           "CDS_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES), "CDS_AUDIT_CHAIN_KEY": AUDIT_CHAIN_KEY}
     if database_url:
         env["CDS_DATABASE_URL"] = database_url
     if trusted_issuers_file:
@@ -472,7 +490,7 @@ def targets(by_name: dict[str, Result]) -> list[str]:
         result = by_name.get(name)
         return result if result is not None and not result.skipped and result.throughput else None
 
-    floor, typical = get("floor (empty handler)"), get(TYPICAL_SQLITE)
+    floor, typical = get(FLOOR), get(TYPICAL_SQLITE)
     if floor and typical:
         ratio = typical.throughput / floor.throughput
         ok = ratio >= 0.40 and typical.p99_ms < 50
@@ -490,6 +508,10 @@ def targets(by_name: dict[str, Result]) -> list[str]:
                    f"20 / 150 / 5,000 obs = {per_obs * 1000:.1f} us per observation above a "
                    f"{small.p50_ms - per_obs * 20:.1f} ms fixed cost (line through small and large predicts "
                    f"{predicted_typical:.1f} ms for typical)")
+    adversarial_pairing = get(ADVERSARIAL_PAIRING)
+    if adversarial_pairing:   # issue 16 item 1: was 19 s of CPU per request with nested scans
+        out.append(f"- {'PASS' if adversarial_pairing.p50_ms < 2000 else 'MISS'} adversarial record (500 Ca x 500 P "
+                   f"x 2,000 sessions) well under 2 s: p50 {adversarial_pairing.p50_ms:.1f} ms")
     remote = get(REMOTE)
     if remote:
         out.append(f"- {'PASS' if remote.p50_ms < 200 else 'MISS'} no-prefetch p50 < 200 ms with 100 ms per FHIR "
@@ -592,33 +614,38 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="calcinosis-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        floor_server = stack.enter_context(gunicorn("floor", "floor_app:app", work, {}, floor=True))
-        sqlite_server = stack.enter_context(gunicorn(
-            "service-sqlite", "cds_service:create_app()", work, service_env(work, "sqlite", audit=True)))
+        floor_server = stack.enter_context(floor_process("floor", work))
+        gunicorn_floor_server = stack.enter_context(gunicorn_previous("floor-gunicorn", "floor_app:app", work, {},
+                                                                      "/cds-services"))
+        sqlite_server = stack.enter_context(service("service-sqlite", work, service_env(work, "sqlite", audit=True)))
         tokens = ClientTokens(work)
-        auth_server = stack.enter_context(gunicorn(
-            "service-auth", "cds_service:create_app()", work,
-            service_env(work, "auth", audit=True, trusted_issuers_file=tokens.issuers_file)))
+        auth_server = stack.enter_context(service(
+            "service-auth", work, service_env(work, "auth", audit=True, trusted_issuers_file=tokens.issuers_file)))
         # The comparisons the targets are made of (floor, audit off / SQLite / PostgreSQL, with a client JWT),
         # measured in interleaved rounds: on a shared 2-core VM the same scenario varies by +-15% from one
         # minute to the next, so back-to-back rounds of all of them, reported as medians, compare like with like.
         compared: list[tuple[Scenario, Server | None, str]] = [
-            (Scenario("floor (empty handler)", "floor", PATIENT_VIEW, typical_body, 16), floor_server, ""),
+            (Scenario(FLOOR, "floor", PATIENT_VIEW, typical_body, 16), floor_server, ""),
+            (Scenario(FLOOR_GUNICORN, "floor-gunicorn", PATIENT_VIEW, typical_body, 16), gunicorn_floor_server, ""),
             (Scenario(TYPICAL_SQLITE, "sqlite", PATIENT_VIEW, typical_body, 16), sqlite_server, ""),
             (Scenario(AUTHENTICATED, "sqlite", PATIENT_VIEW, typical_body, 16, tokens=tokens), auth_server, ""),
         ]
         if not options.smoke:
-            off_server = stack.enter_context(gunicorn(
-                "service-off", "cds_service:create_app()", work, service_env(work, "off", audit=False)))
+            off_server = stack.enter_context(service("service-off", work, service_env(work, "off", audit=False)))
             compared.append((Scenario(AUDIT_OFF, "off", PATIENT_VIEW, typical_body, 16), off_server, ""))
+            # Issue 16 item 8: the same service and record under the previous serving model.
+            previous = stack.enter_context(gunicorn_previous(
+                "service-gunicorn", "cds_service:create_app()", work, service_env(work, "gunicorn", audit=True),
+                "/healthz"))
+            compared.append((Scenario(TYPICAL_GUNICORN, "sqlite-gunicorn", PATIENT_VIEW, typical_body, 16),
+                             previous, ""))
             pg = Scenario(AUDIT_POSTGRES, "postgres", PATIENT_VIEW, typical_body, 16)
             url = None if options.no_postgres else stack.enter_context(fresh_postgres_database(work))
             if url is None:
                 compared.append((pg, None, "PostgreSQL at 127.0.0.1:5432 not reachable or --no-postgres"))
             else:
-                compared.append((pg, stack.enter_context(gunicorn(
-                    "service-pg", "cds_service:create_app()", work,
-                    service_env(work, "pg", audit=True, database_url=url))), ""))
+                compared.append((pg, stack.enter_context(service(
+                    "service-pg", work, service_env(work, "pg", audit=True, database_url=url))), ""))
         by_round: dict[str, list[Result]] = {scenario.name: [] for scenario, _server, _skip in compared}
         for number in range(1, rounds + 1):
             for scenario, server, _skipped in compared:
@@ -648,6 +675,19 @@ def main(argv: list[str] | None = None) -> int:
                 (Scenario("patient-view large (5,000 obs) @2", "sqlite", PATIENT_VIEW,
                           hook_body("patient-view", large), 2), sqlite_server),
             ]
+        # Issue 16 item 1: records shaped to blow up per-record work (pairing, problem list, resource count).
+        plan += [
+            (Scenario(ADVERSARIAL_PAIRING, "sqlite", PATIENT_VIEW, adversarial.pairing_body(PLACEHOLDER_INSTANCE), 2),
+             sqlite_server),
+        ]
+        if not options.smoke:
+            plan += [
+                (Scenario("adversarial: 10,000 Conditions @2", "sqlite", PATIENT_VIEW,
+                          adversarial.conditions_body(PLACEHOLDER_INSTANCE), 2), sqlite_server),
+                (Scenario("adversarial: small resources up to the size limit @2", "sqlite", PATIENT_VIEW,
+                          adversarial.small_resources_body(PLACEHOLDER_INSTANCE, MAX_REQUEST_BYTES), 2),
+                 sqlite_server),
+            ]
         others: list[Result] = []
         for scenario, server in plan:
             print(f"... {scenario.name} @{scenario.connections}", file=sys.stderr, flush=True)
@@ -665,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure(remote, sqlite_server, work, seconds, warmup)
                 result.extra.update(fhir_server_share(fhir.requests()))
                 others.append(result)
-        first = [comparison[name] for name in ("floor (empty handler)", TYPICAL_SQLITE)]
+        first = [comparison[name] for name in (FLOOR, FLOOR_GUNICORN, TYPICAL_SQLITE)]
         results = first + others + [result for name, result in comparison.items() if result not in first]
 
     floor = next((r for r in results if r.scenario.target == "floor"), None)

@@ -1,7 +1,7 @@
 """Calcinosis cutis risk CDS Hooks 2.0 service: the Flask application factory.
 
-gunicorn serves it as ``gunicorn 'cds_service:create_app()'``; configuration comes from ``CDS_*`` environment
-variables (cds_service.config), the same as ``calcinosis-cds serve``.
+``calcinosis-cds serve`` (cds_service.server) builds it in each worker process; configuration comes from ``CDS_*``
+environment variables (cds_service.config).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["ConfigError", "ContentError", "create_app"]
 
 log = logging.getLogger("cds_service.http")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")  # \Z, not $: "$" also matches before a final newline
 
 
 class ContentError(RuntimeError):
@@ -127,13 +127,16 @@ _SECURITY_HEADERS = {
 
 
 def _register_request_hooks(app: Flask, settings: Settings) -> None:
-    from cds_service.metrics import observe_request
+    from cds_service.buffered_wsgi import EDGE_STARTED
+    from cds_service.metrics import observe_request, record_unauthenticated
 
     hsts = settings.public_base_url.startswith("https://")
 
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
+        # The audit's request_ms starts at the edge: the server front's arrival time when it gives one.
+        g.request_started = request.environ.get(EDGE_STARTED, g.started)
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
@@ -157,6 +160,10 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
             "endpoint": endpoint, "status": response.status_code, "duration_ms": round(duration_s * 1000.0, 2),
         })
         observe_request(endpoint, g.get("service_id", ""), response.status_code, duration_s)
+        if request.path.startswith("/cds-services") and request.method != "OPTIONS" and not g.get("authenticated"):
+            # Refused before the client was authenticated (401, or 404/405/413/415 ahead of it): counted here,
+            # never audited, so such requests cannot grow the audit log (issue 15 item 7).
+            record_unauthenticated(endpoint, response.status_code)
         return response
 
 

@@ -2,15 +2,17 @@
 
 Implements CDS Hooks 2.0 "Trusting CDS Clients" (cds-hooks-2.0.md section 1.7) and the validation procedure of
 the CDS Hooks best-practices page: issuer allowlist, exact ``aud``, ``exp``/``iat`` with clock-skew leeway,
-tenant allowlist, signature against a key on record or from an allowlisted ``jku``, and ``jti`` replay
-protection. Every failure raises :class:`AuthenticationFailed`; the HTTP layer answers a bare 401 and the
-reason goes only to the log (never the token).
+tenant allowlist, signature against a key on record (pinned: a token's ``jku`` is then ignored and never
+fetched) or from an allowlisted ``jku``, a bounded token lifetime, and ``jti`` replay protection. Every failure
+raises :class:`AuthenticationFailed`; the HTTP layer answers a bare 401 and the reason goes only to the log (never
+the token). Only public PyJWT APIs are used.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -25,8 +27,7 @@ import jwt
 import requests
 import urllib3
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt import PyJWK, PyJWKClient
-from jwt.exceptions import PyJWKClientConnectionError, PyJWKClientError
+from jwt import PyJWK
 
 from cds_service.config import ConfigError, Settings
 
@@ -38,6 +39,8 @@ ALLOWED_ALGORITHMS: frozenset[str] = frozenset(
     {"ES384", "RS384", "ES256", "RS256", "ES512", "RS512", "PS384"}
 )
 _EC_CURVE_BY_ALG = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+# CDS Hooks 2.0 "Trusting CDS Clients": iss, aud, exp, iat and jti are REQUIRED. There is no sub since 1.0
+# (cds-hooks-2.0.md, 2.0 deltas: "A service must not require sub"), so it is not in this list.
 _REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "jti"]
 
 # The public CDS Hooks sandbox (cds-hooks-2.0.md section 2.1 "JWT"). Its private key is committed to a public
@@ -77,14 +80,22 @@ class ReplayGuard(Protocol):
 
 
 @dataclass(frozen=True)
+class VerificationKey:
+    """A client's public key with the ``alg`` its JWK declares (None when the JWK declares none)."""
+
+    key: PyJWK
+    declared_alg: str | None
+
+
+@dataclass(frozen=True)
 class TrustedIssuer:
     """One entry of the trusted-issuers file: where this issuer's public keys come from, and its tenants."""
 
     iss: str
     jku: tuple[str, ...] = ()
-    # Inline keys exchanged out of band, by kid (spec: "If there is no jku, the JWK Set is exchanged out of
-    # band").
-    keys: Mapping[str, PyJWK] | None = None
+    # Keys pinned out of band, by kid (spec: "If there is no jku, the JWK Set is exchanged out of band"). When
+    # set, they are the only keys of this issuer: a token's jku header is ignored and never fetched.
+    keys: Mapping[str, VerificationKey] | None = None
     tenants: frozenset[str] | None = None
 
 
@@ -147,7 +158,7 @@ def _parse_issuer_entry(entry: Any, where: str, *, dev: bool) -> TrustedIssuer:
             f"{where}: give exactly one of 'jku' (list of JWKS URLs) or 'jwks' (inline JWK Set)"
         )
     jku: tuple[str, ...] = ()
-    keys: dict[str, PyJWK] | None = None
+    keys: dict[str, VerificationKey] | None = None
     if has_jku:
         jku = _parse_jku_list(entry["jku"], where, dev=dev)
     else:
@@ -183,12 +194,12 @@ def _parse_jku_list(value: Any, where: str, *, dev: bool) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _parse_inline_jwks(value: Any, where: str) -> dict[str, PyJWK]:
+def _parse_inline_jwks(value: Any, where: str) -> dict[str, VerificationKey]:
     if not isinstance(value, dict) or not isinstance(value.get("keys"), list) or not value["keys"]:
         raise ConfigError(
             f'{where}: \'jwks\' must be a JWK Set object {{"keys": [...]}} with at least one key'
         )
-    keys: dict[str, PyJWK] = {}
+    keys: dict[str, VerificationKey] = {}
     for number, jwk in enumerate(value["keys"], start=1):
         key_where = f"{where}: jwks key {number}"
         if not isinstance(jwk, dict):
@@ -214,10 +225,16 @@ def _parse_inline_jwks(value: Any, where: str) -> dict[str, PyJWK]:
                 f"{', '.join(sorted(ALLOWED_ALGORITHMS))}"
             )
         try:
-            keys[kid] = PyJWK(jwk)
+            keys[kid] = _verification_key(jwk)
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise ConfigError(f"{key_where} (kid {kid!r}): not a usable public key ({exc})") from None
     return keys
+
+
+def _verification_key(jwk: Mapping[str, Any]) -> VerificationKey:
+    """Build the key of one public JWK; raises PyJWTError/ValueError/TypeError when it is not usable."""
+    declared = jwk.get("alg")
+    return VerificationKey(key=PyJWK(dict(jwk)), declared_alg=declared if isinstance(declared, str) else None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,47 +242,87 @@ def _parse_inline_jwks(value: Any, where: str) -> dict[str, PyJWK]:
 # ----------------------------------------------------------------------------------------------------
 
 
-class _AllowlistedJwksClient(PyJWKClient):
-    """PyJWKClient that fetches through ``requests`` with connect/read timeouts, no redirects and a size cap.
+class _JwksFetchFailed(Exception):
+    """The allowlisted JWKS endpoint could not be read (the reason is for the log)."""
 
-    PyJWKClient supplies the JWK Set cache and the rate-limited refresh on an unknown kid (its cooldown),
-    which lets key rotation work without letting random kids make us hammer the EHR's JWKS endpoint.
+
+class _AllowlistedJwks:
+    """The cached JWK Set of one allowlisted ``jku``, fetched through ``requests`` (timeouts, no redirects, size cap).
+
+    The set is cached for ``lifespan_s``; a kid not in it triggers one refresh, at most once per ``cooldown_s``
+    since the last successful fetch, so key rotation is picked up without letting random kids make us hammer the
+    EHR's JWKS endpoint (best practices: "a cached, rotating JWKS fetched from an allowlisted jku").
     """
 
     def __init__(
         self, uri: str, *, timeout: tuple[float, float], lifespan_s: float, cooldown_s: float
     ) -> None:
-        super().__init__(uri, cache_jwk_set=True, lifespan=lifespan_s, timeout=timeout[1],
-                         cooldown_duration=cooldown_s)
-        self._timeouts = timeout
+        self.uri = uri
+        self._timeout = timeout
+        self._lifespan_s = lifespan_s
+        self._cooldown_s = cooldown_s
+        self._keys: dict[str, VerificationKey] = {}
+        self._fetched_at: float | None = None
+        # One fetch at a time per URL: concurrent requests wait for it instead of each fetching.
+        self._lock = threading.Lock()
 
-    def fetch_data(self) -> Any:
-        """Fetch the JWK Set; connection problems raise PyJWKClientConnectionError."""
+    def key(self, kid: str) -> VerificationKey | None:
+        """The key for ``kid`` (None when the endpoint does not list it); raises _JwksFetchFailed."""
+        with self._lock:
+            now = time.monotonic()
+            if self._fetched_at is None or now - self._fetched_at >= self._lifespan_s:
+                self._refresh()
+            found = self._keys.get(kid)
+            if found is None and self._fetched_at is not None and now - self._fetched_at >= self._cooldown_s:
+                self._refresh()
+                found = self._keys.get(kid)
+            return found
+
+    def _refresh(self) -> None:
+        # On failure the previous set stays unused (expired or missing the kid): the request is refused, as with
+        # no cache; the next request tries again.
+        self._keys = _signing_keys(self._fetch())
+        self._fetched_at = time.monotonic()
+
+    def _fetch(self) -> Any:
         try:
             # No redirects: a redirect could move the fetch to a host nobody allowlisted.
-            with requests.get(self.uri, timeout=self._timeouts, allow_redirects=False, stream=True,
+            with requests.get(self.uri, timeout=self._timeout, allow_redirects=False, stream=True,
                               headers={"Accept": "application/json"}) as response:
                 if response.status_code != 200:
-                    raise PyJWKClientConnectionError(f"JWKS endpoint answered HTTP {response.status_code}")
+                    raise _JwksFetchFailed(f"JWKS endpoint answered HTTP {response.status_code}")
                 body = response.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             # raw.read() bypasses requests' exception wrapping, hence the urllib3/OSError cases.
-            raise PyJWKClientConnectionError(
-                f"JWKS endpoint unreachable ({exc.__class__.__name__})"
-            ) from None
+            raise _JwksFetchFailed(f"JWKS endpoint unreachable ({exc.__class__.__name__})") from None
         if len(body) > MAX_JWKS_BYTES:
-            raise PyJWKClientError(f"JWKS document larger than {MAX_JWKS_BYTES} bytes")
+            raise _JwksFetchFailed(f"JWKS document larger than {MAX_JWKS_BYTES} bytes")
         try:
-            data = json.loads(body)
+            return json.loads(body)
         except ValueError:
-            raise PyJWKClientError("JWKS endpoint did not return JSON") from None
-        if not isinstance(data, dict):
-            raise PyJWKClientError("JWKS endpoint did not return a JSON object")
-        if self.jwk_set_cache is not None:
-            self.jwk_set_cache.put(data)
-        # PyJWKClient's own fetch_data sets this; its unknown-kid cooldown is measured from it.
-        self._last_successful_fetch = time.monotonic()
-        return data
+            raise _JwksFetchFailed("JWKS endpoint did not return JSON") from None
+
+
+def _signing_keys(document: Any) -> dict[str, VerificationKey]:
+    """The usable signing keys of a fetched JWK Set, by kid; unusable entries are skipped (as JOSE libraries do)."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise _JwksFetchFailed("JWKS endpoint did not return a JWK Set object")
+    keys: dict[str, VerificationKey] = {}
+    for jwk in document["keys"]:
+        if (
+            not isinstance(jwk, dict)
+            or not isinstance(jwk.get("kid"), str)
+            or jwk.get("use") not in (None, "sig")
+            or jwk.get("kty") not in ("EC", "RSA")
+            or _PRIVATE_JWK_MEMBERS & set(jwk)
+            or jwk["kid"] in keys
+        ):
+            continue
+        try:
+            keys[jwk["kid"]] = _verification_key(jwk)
+        except (jwt.PyJWTError, ValueError, TypeError):
+            continue
+    return keys
 
 
 class _LocalJtiCache:
@@ -319,6 +376,7 @@ class RequestVerifier:
         dev: bool,
         leeway_s: int,
         replay_guard: ReplayGuard | None,
+        max_lifetime_s: int = 3600,
         jwks_timeout_s: tuple[float, float] = (3.0, 5.0),
         jwks_cache_lifespan_s: float = 300.0,
         jwks_refresh_cooldown_s: float = 15.0,
@@ -327,13 +385,14 @@ class RequestVerifier:
         self._issuers = {issuer.iss: issuer for issuer in issuers}
         self._dev = dev
         self._leeway_s = leeway_s
+        self._max_lifetime_s = max_lifetime_s
         self._replay_guard = replay_guard
         self._local_jtis = _LocalJtiCache()
-        # One cached client per allowlisted jku URL, created up front: a URL that is not allowlisted never
-        # gets a client, so it can never be fetched.
-        self._jwks_clients = {
-            url: _AllowlistedJwksClient(url, timeout=jwks_timeout_s, lifespan_s=jwks_cache_lifespan_s,
-                                        cooldown_s=jwks_refresh_cooldown_s)
+        # One cached key set per allowlisted jku URL, created up front: a URL that is not allowlisted never
+        # gets one, so it can never be fetched.
+        self._jwks = {
+            url: _AllowlistedJwks(url, timeout=jwks_timeout_s, lifespan_s=jwks_cache_lifespan_s,
+                                  cooldown_s=jwks_refresh_cooldown_s)
             for issuer in self._issuers.values()
             for url in issuer.jku
         }
@@ -368,9 +427,15 @@ class RequestVerifier:
                 )
             if replay_guard is None:
                 logger.warning("no shared jti store (audit disabled): replay protection is per process only")
+            if any(issuer.iss == SANDBOX_ISSUER for issuer in issuers):
+                logger.warning(
+                    "the public CDS Hooks sandbox issuer is trusted outside --dev: its private key is public, so "
+                    "anyone can sign as it; use this only for trials without production data"
+                )
         logger.info("trusting %d CDS client issuer(s): %s", len(issuers),
                     ", ".join(_loggable(issuer.iss) for issuer in issuers))
-        return cls(issuers, dev=settings.dev, leeway_s=settings.jwt_leeway_s, replay_guard=replay_guard)
+        return cls(issuers, dev=settings.dev, leeway_s=settings.jwt_leeway_s, replay_guard=replay_guard,
+                   max_lifetime_s=settings.jwt_max_lifetime_s)
 
     def verify(self, authorization_header: str | None, audience: str) -> ClientIdentity | None:
         """Verify the Authorization header for a request to the endpoint URL ``audience``.
@@ -426,7 +491,7 @@ class RequestVerifier:
         _check_key_matches_alg(key, alg)
         claims = jwt.decode(
             token,
-            key=key.key,
+            key=key.key.key,
             algorithms=[alg],
             audience=audience,
             issuer=iss,
@@ -434,6 +499,7 @@ class RequestVerifier:
             options={"require": _REQUIRED_CLAIMS, "verify_iat": True, "verify_jti": True,
                      "enforce_minimum_key_length": True},
         )
+        self._check_lifetime(claims)
         jti = claims["jti"]
         if not isinstance(jti, str) or not jti:
             raise _Failure("jti must be a non-empty string")
@@ -447,12 +513,12 @@ class RequestVerifier:
                      _loggable(jti))
         return ClientIdentity(iss=iss, tenant=tenant, jti=jti, kid=kid)
 
-    def _signing_key(self, issuer: TrustedIssuer, header: Mapping[str, Any], kid: str) -> PyJWK:
+    def _signing_key(self, issuer: TrustedIssuer, header: Mapping[str, Any], kid: str) -> VerificationKey:
         jku = header.get("jku")
         if issuer.keys is not None:
-            if jku is not None:
-                # Keys for this issuer were exchanged out of band; no URL is allowlisted, so never fetch.
-                raise _Failure("jku not allowlisted for this issuer (it uses inline keys)")
+            # Keys pinned out of band are this issuer's only keys, whatever the header's jku says: clients such
+            # as the CDS Hooks sandbox always send their public jku, and a pinned key must still work offline
+            # (issue 16 item 5). The jku is never fetched, so it cannot add a key or cause a request.
             key = issuer.keys.get(kid)
             if key is None:
                 raise _Failure("unknown kid")
@@ -466,12 +532,29 @@ class RequestVerifier:
         last_error = "unknown kid"
         for url in urls:
             try:
-                return self._jwks_clients[url].get_signing_key(kid)
-            except PyJWKClientConnectionError as exc:
+                found = self._jwks[url].key(kid)
+            except _JwksFetchFailed as exc:
                 last_error = f"JWKS fetch failed: {exc}"
-            except (PyJWKClientError, jwt.PyJWTError) as exc:
-                last_error = f"no usable key for kid at allowlisted jku ({exc.__class__.__name__})"
+                continue
+            if found is not None:
+                return found
+            last_error = "unknown kid (no usable key for it at the allowlisted jku)"
         raise _Failure(last_error)
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        """Refuse tokens that live longer than CDS_JWT_MAX_LIFETIME_S (issue 16 item 6).
+
+        PyJWT has already refused an ``exp`` more than the leeway in the past, so bounding ``exp - iat`` also
+        bounds the age of ``iat``: no token is accepted more than max lifetime + leeway after it was issued, and
+        the jti store only has to remember a jti that long (best practices: "for the maximum token lifetime").
+        """
+        # Python ints are exact at any size, so a hostile exp such as 10**400 is just a long lifetime here.
+        lifetime = _numeric_date(claims, "exp") - _numeric_date(claims, "iat")
+        if lifetime <= 0:
+            raise _Failure(f"token lifetime (exp - iat) of {_loggable(lifetime)} s is not positive")
+        if lifetime > self._max_lifetime_s:
+            raise _Failure(f"token lifetime (exp - iat) of {_loggable(lifetime)} s exceeds "
+                           f"CDS_JWT_MAX_LIFETIME_S={self._max_lifetime_s}")
 
     def _check_replay(self, iss: str, jti: str, exp: Any) -> None:
         # Remember the jti for as long as the token could still be accepted (exp + leeway), per the
@@ -506,12 +589,23 @@ def _bearer_token(authorization_header: str) -> str:
     return token
 
 
-def _check_key_matches_alg(key: PyJWK, alg: str) -> None:
+def _numeric_date(claims: Mapping[str, Any], name: str) -> int | float:
+    """The claim as an RFC 7519 NumericDate: a finite JSON number (PyJWT alone also takes the string "17...")."""
+    value = claims[name]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
+        raise _Failure(f"{name} is not a NumericDate (a JSON number of seconds)")
+    return value
+
+
+def _check_key_matches_alg(key: VerificationKey, alg: str) -> None:
     """Refuse a key whose type (or declared alg) does not fit the token's alg (no algorithm confusion)."""
-    declared = key._jwk_data.get("alg")
-    if declared is not None and declared != alg:
-        raise _Failure(f"token alg {alg} does not match the key's alg {_loggable(declared)}")
-    public_key = key.key
+    if key.declared_alg is not None and key.declared_alg != alg:
+        raise _Failure(f"token alg {alg} does not match the key's alg {_loggable(key.declared_alg)}")
+    public_key = key.key.key
     if alg.startswith("ES"):
         if (
             not isinstance(public_key, ec.EllipticCurvePublicKey)

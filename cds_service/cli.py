@@ -25,7 +25,11 @@ def main() -> None:
     "Never use with production data.",
 )
 def serve(host: str | None, port: int | None, dev: bool | None) -> None:
-    """Run the service on the embedded defaults (SQLite audit log)."""
+    """Serve with granian workers (the container runs this too; README "Serving model").
+
+    Workers, app threads and read timeouts come from WEB_CONCURRENCY, CDS_WORKER_THREADS and
+    CDS_REQUEST_READ_TIMEOUT_S; the audit log is the embedded SQLite database unless CDS_DATABASE_URL is set.
+    """
     overrides = {k: v for k, v in {"host": host, "port": port, "dev": dev}.items() if v is not None}
     try:
         settings = load_settings(None, **overrides)
@@ -33,14 +37,17 @@ def serve(host: str | None, port: int | None, dev: bool | None) -> None:
         raise click.UsageError(str(exc)) from exc
     from cds_service.server import run
 
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:  # found at start-up, e.g. no CDS_AUDIT_CHAIN_KEY: one clear line, no traceback
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("check-content")
 def check_content_command() -> None:
     """Check the clinical content (value sets, rules, card templates); exit 1 listing every problem.
 
-    The container runs it before gunicorn starts, so broken content never serves a request.
+    The container runs it before the server starts, so broken content never serves a request.
     """
     from cds_service.engine import check_content
 

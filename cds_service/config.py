@@ -1,7 +1,7 @@
 """Typed service settings read from ``CDS_*`` environment variables, validated once at start-up.
 
 Every ``calcinosis-cds serve`` flag has an environment equivalent, and the app factory reads the
-same settings, so gunicorn (``cds_service:create_app()``) and the CLI behave identically.
+same settings, so any WSGI server (``cds_service:create_app()``) and the CLI behave identically.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ class Settings:
     data_dir: str = field(default_factory=_default_data_dir)
     database_url: str = ""  # "" -> sqlite file in data_dir
     audit_enabled: bool = True
+    # The audit hash chain's HMAC key (issue 15 item 6; cds_service/audit/keys.py): required outside --dev, never
+    # logged (repr=False keeps it out of any printed Settings). Retired keys: one per line in the keys file.
+    audit_chain_key: str = field(default="", repr=False)
+    audit_chain_keys_file: str = ""
     # FHIR access (prefetch fallback). Prefixes; empty = none allowed outside --dev.
     allowed_fhir_servers: tuple[str, ...] = ()
     fhir_connect_timeout_s: float = 2.0
@@ -48,6 +52,8 @@ class Settings:
     # Client authentication (CDS Hooks 2.0 section "Trusting CDS Clients").
     trusted_issuers_file: str = ""
     jwt_leeway_s: int = 60
+    # Longest accepted client-JWT lifetime (exp - iat); with the leeway it also bounds the age of iat (issue 16).
+    jwt_max_lifetime_s: int = 3600
     admin_token: str = ""
     cors_origins: tuple[str, ...] = ("*",)
     max_request_bytes: int = 5 * 1024 * 1024
@@ -58,6 +64,9 @@ class Settings:
     tumoral_calcinosis_rule: bool = False
     silent_rules: tuple[str, ...] = ()
     suppress_overridden_hours: float = 24.0
+    # Whose alerts an override with a reason suppresses (issue 15 item 4): "user" (the user the card was shown
+    # to) or "tenant" (everyone of that EHR tenant).
+    suppress_scope: str = "user"
     order_dedup_minutes: float = 30.0
     # SMART on FHIR viewer (issue #6): public client id registered with the EHR, and the FHIR server a
     # standalone launch uses when /smart/launch is opened without ?iss=.
@@ -159,6 +168,8 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"CDS_{name.upper()} must be greater than 0")
     if settings.fhir_retries < 0 or settings.fhir_max_pages < 1:
         raise ConfigError("CDS_FHIR_RETRIES must be >= 0 and CDS_FHIR_MAX_PAGES >= 1")
+    if settings.jwt_leeway_s < 0 or settings.jwt_max_lifetime_s < 1:
+        raise ConfigError("CDS_JWT_LEEWAY_S must be >= 0 and CDS_JWT_MAX_LIFETIME_S >= 1 (seconds)")
     if settings.max_request_bytes < 1024:
         raise ConfigError("CDS_MAX_REQUEST_BYTES must be at least 1024")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -171,5 +182,7 @@ def validate(settings: Settings) -> None:
                               "https://ehr.example.org (scheme and host, no path)")
         if parts.scheme == "http" and not settings.dev:
             raise ConfigError(f"CDS_SMART_FRAME_ANCESTORS entry {origin!r} must be https outside --dev")
+    if settings.suppress_scope not in ("user", "tenant"):
+        raise ConfigError(f"CDS_SUPPRESS_SCOPE={settings.suppress_scope!r} must be 'user' or 'tenant'")
     if settings.suppress_overridden_hours < 0 or settings.order_dedup_minutes < 0:
         raise ConfigError("CDS_SUPPRESS_OVERRIDDEN_HOURS and CDS_ORDER_DEDUP_MINUTES must be >= 0")

@@ -124,7 +124,9 @@ def _to_card(finding: Finding, patient_id: str, links_base_url: str = "", ignore
             variant=finding.variant,
             suggestions=finding.suggestions,
             selection_behavior=finding.selection_behavior,
-            override_reasons=finding.override_reasons,
+            # Issue 15 item 4: patient-view cards offer their template's list too, so a clinician can give the
+            # reason an override needs to suppress anything ("Known – managed by nephrology", ...).
+            override_reasons=finding.override_reasons or finding.order is None,
             patient_id=patient_id,
             links_base_url=links_base_url,
             evidence=finding.evidence,
@@ -221,7 +223,28 @@ def assess(record: PatientRecord, hook: str, now: datetime, options: EngineOptio
                                           options.links_base_url))
                 except Exception:
                     log.exception("rendering the incomplete card failed")
-    return Assessment(cards=cards, rules_evaluated=evaluated, skipped=[s.as_dict() for s in skipped])
+    return Assessment(cards=cards, rules_evaluated=evaluated, skipped=summarise_skipped(skipped))
+
+
+SKIPPED_LISTED = 10   # per (resource type, reason): more than this become one entry with a count (issue 16 item 1)
+
+
+def summarise_skipped(skipped: Sequence[Skipped]) -> list[dict[str, Any]]:
+    """The audit's skipped-resource list: each one while few, else one entry per (type, reason) with a count.
+
+    A hostile record of 10,000 broken Conditions must not become 10,000 audit rows; the first ids are kept.
+    """
+    groups: dict[tuple[str, str], list[Skipped]] = {}
+    for item in skipped:
+        groups.setdefault((item.resource_type, item.reason), []).append(item)
+    summary: list[dict[str, Any]] = []
+    for (resource_type, reason), items in groups.items():
+        if len(items) <= SKIPPED_LISTED:
+            summary.extend(item.as_dict() for item in items)
+        else:
+            summary.append({"resource_type": resource_type, "id": "", "reason": reason, "count": len(items),
+                            "first_ids": [item.id for item in items[:SKIPPED_LISTED]]})
+    return summary
 
 
 def check_content() -> list[str]:

@@ -5,7 +5,11 @@ Safety properties (CDS Hooks 2.0 "FHIR Resource Access" and our hardening rules)
 - every request has connect/read timeouts; idempotent GETs get a small retry budget (urllib3 Retry);
 - the bearer token is sent only to the fhirServer's own origin: redirects are never followed automatically,
   and ``next`` links that leave the server's base URL are not followed;
-- the token is never logged (the session is created per call and nothing logs headers).
+- every URL is normalised before it is trusted (cds_service/url_policy.py, issue 16 item 3): a ``fhirServer`` or
+  ``next`` link whose path changes under RFC 3986 normalisation (``..``, ``%2e%2e``, ``//``) is never requested;
+- no cookie is ever stored or sent (issue 16 item 2): the session is shared by every user's calls, so a cookie
+  one server set for one user's call would otherwise be replayed on the next user's call;
+- the token is never logged (nothing logs headers).
 """
 
 from __future__ import annotations
@@ -13,14 +17,19 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.request import Request
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.cookies import RequestsCookieJar
 from urllib3.util.retry import Retry
 
 from cds_service.config import Settings
+from cds_service.url_policy import FhirServerNotAllowed as FhirServerNotAllowed
+from cds_service.url_policy import check_server_allowed as check_server_allowed
+from cds_service.url_policy import within
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +48,6 @@ class FhirAccessError(Exception):
         self.status = status
 
 
-class FhirServerNotAllowed(Exception):
-    """The request names a FHIR server this deployment may not call; nothing was sent."""
-
-
 @dataclass(frozen=True)
 class FetchResult:
     """The resources a search or read returned, and notes on anything not followed."""
@@ -52,34 +57,45 @@ class FetchResult:
     truncated: bool = False
 
 
-def check_server_allowed(fhir_server: str, settings: Settings) -> None:
-    """Raise FhirServerNotAllowed unless configuration permits calling ``fhir_server``."""
-    parts = urlsplit(fhir_server)
-    if parts.scheme != "https" and not settings.dev:
-        # CDS Hooks 2.0: "The scheme MUST be https when production data is exchanged."
-        raise FhirServerNotAllowed(
-            f"fhirServer {fhir_server} is not https; production requires https (use --dev for local trials)"
-        )
-    allowed = settings.allowed_fhir_servers
-    if not allowed and settings.dev:
-        return  # --dev with no allowlist: any server, for the public sandbox and local trials.
-    if not any(_within(fhir_server, prefix) for prefix in allowed):
-        raise FhirServerNotAllowed(
-            f"fhirServer {fhir_server} is not in CDS_ALLOWED_FHIR_SERVERS; ask the service operator to add it"
-        )
+class _RefuseAllCookies(DefaultCookiePolicy):
+    """A cookie policy that neither accepts a cookie from an answer nor returns one with a request."""
 
-
-def _within(url: str, prefix: str) -> bool:
-    """True when ``url`` is ``prefix`` or below it (same scheme, host and port; path prefix on a segment)."""
-    u, p = urlsplit(url), urlsplit(prefix)
-    if (u.scheme, u.netloc.lower()) != (p.scheme, p.netloc.lower()):
+    def set_ok(self, cookie: Cookie, request: Request) -> bool:
+        """Never store a cookie an answer sets."""
         return False
-    base = p.path.rstrip("/")
-    return u.path == base or u.path.startswith(base + "/") or base == ""
+
+    def return_ok(self, cookie: Cookie, request: Request) -> bool:
+        """Never send a stored cookie."""
+        return False
+
+    def domain_return_ok(self, domain: str, request: Request) -> bool:
+        """No domain gets cookies."""
+        return False
+
+    def path_return_ok(self, path: str, request: Request) -> bool:
+        """No path gets cookies."""
+        return False
+
+
+class NoCookieJar(RequestsCookieJar):
+    """A jar that stays empty: ``Set-Cookie`` is ignored and nothing put in it by hand is kept (issue 16 item 2).
+
+    The FHIR session is shared by every hook call and SMART request of the process, whoever the user; cookies
+    have no role in FHIR REST or the OAuth token call, and a shared jar would replay one user's server session
+    on another user's call. The refusing policy also covers requests' own copy of the jar per request.
+    """
+
+    def __init__(self) -> None:
+        """An empty jar with the refuse-all policy."""
+        super().__init__(policy=_RefuseAllCookies())
+
+    def set_cookie(self, cookie: Cookie, *args: Any, **kwargs: Any) -> None:
+        """Drop the cookie."""
+        return None
 
 
 def build_session(settings: Settings) -> requests.Session:
-    """A session with a GET-only retry budget; redirects are handled by the caller, never auto-followed."""
+    """A session with a GET-only retry budget and no cookies; redirects are handled by the caller, never followed."""
     retry = Retry(
         total=settings.fhir_retries,
         connect=settings.fhir_retries,
@@ -97,6 +113,7 @@ def build_session(settings: Settings) -> requests.Session:
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.max_redirects = 0
+    session.cookies = NoCookieJar()
     return session
 
 
@@ -114,6 +131,10 @@ class FhirClient:
         self._session = session
 
     def _get_json(self, url: str) -> dict[str, Any]:
+        if not within(url, self._base):
+            # Last check before the token leaves (issue 16 item 3): whatever built the URL, its normalised form
+            # must stay below the allowed base, and its path must not change under normalisation.
+            raise FhirAccessError("FHIR URL refused: it leaves the server's base or is not in normal form")
         try:
             response = self._session.get(url, headers=self._headers, timeout=self._timeout,
                                          allow_redirects=False, stream=True)
@@ -158,9 +179,10 @@ class FhirClient:
     def _follow(self, next_url: str | None, resources: list[dict[str, Any]], pages: int) -> FetchResult:
         truncated = False
         while next_url:
-            if not _within(next_url, self._base):
-                # Hardening: a next link to another host would receive our token; stop here.
-                log.warning("fhir_next_link_not_followed", extra={"reason": "other-origin"})
+            if not within(next_url, self._base):
+                # Hardening: a next link to another host, or one whose path changes under normalisation
+                # (``..``, ``%2e%2e``, ``//``; issue 16 item 3), would carry our token elsewhere; stop here.
+                log.warning("fhir_next_link_not_followed", extra={"reason": "other-origin-or-not-normal"})
                 truncated = True
                 break
             if pages >= self._max_pages:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cds_service.errors import InvalidRequest
+from cds_service.url_policy import UnsafeUrl, normalise
 
 # Hook context requirements (CDS Hooks Library, hookVersion 1.0). userId types per hook.
 _USER_TYPES = {
@@ -24,9 +25,12 @@ _USER_TYPES = {
 }
 SUPPORTED_HOOKS = tuple(_USER_TYPES)
 
-# FHIR id: [A-Za-z0-9\-\.]{1,64}; references are Type/id (library invariant ord-1).
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_REFERENCE = re.compile(r"^([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})$")
+# FHIR id: [A-Za-z0-9\-\.]{1,64}; references are Type/id (library invariant ord-1). Always matched with
+# re.fullmatch (issue 16 item 9): with re.match, "$" also matches before a final newline, so "p1\n" was an id.
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_REFERENCE = re.compile(r"([A-Z][A-Za-z]{1,63})/([A-Za-z0-9\-.]{1,64})")
+# "." and ".." fit the FHIR id alphabet but are dot segments in a URL path: "Patient/.." is the server's base.
+_DOT_SEGMENTS = frozenset({".", ".."})
 _MAX_ID_TEXT = 256
 
 
@@ -73,6 +77,11 @@ class FeedbackItem:
     override_comment: str | None = None
 
 
+def is_fhir_id(value: str) -> bool:
+    """True when ``value`` is exactly a FHIR id (whole-string match) and not a URL dot segment."""
+    return _FHIR_ID.fullmatch(value) is not None and value not in _DOT_SEGMENTS
+
+
 def _require_object(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest(f"{where} must be a JSON object", expression=[where])
@@ -98,8 +107,8 @@ def _optional_string(obj: dict[str, Any], key: str, where: str, *, max_len: int 
 
 
 def _check_reference(value: str, path: str, allowed_types: tuple[str, ...]) -> None:
-    match = _REFERENCE.match(value)
-    if not match or match.group(1) not in allowed_types:
+    match = _REFERENCE.fullmatch(value)
+    if not match or match.group(1) not in allowed_types or match.group(2) in _DOT_SEGMENTS:
         raise InvalidRequest(
             f"{path} must be a reference of the form Type/id with Type one of {', '.join(allowed_types)}; "
             f"got {value[:80]!r}",
@@ -140,6 +149,12 @@ def _parse_fhir_server(raw: Any) -> str:
             or port == 0):
         raise InvalidRequest("fhirServer must be an absolute http(s) base URL without credentials",
                              expression=["fhirServer"])
+    try:
+        # Normalised before it is trusted (issue 16 item 3): "https://allowed/fhir/../admin" is "/admin" to the
+        # HTTP library, so a path that changes under RFC 3986 normalisation is refused, never "fixed".
+        normalise(raw.rstrip("/"))
+    except UnsafeUrl as exc:
+        raise InvalidRequest(f"fhirServer is refused: {exc}", expression=["fhirServer"]) from None
     return raw.rstrip("/")
 
 
@@ -151,7 +166,8 @@ def _parse_selections(context: dict[str, Any]) -> tuple[str, ...]:
     selections = []
     for index, item in enumerate(raw):
         path = f"context.selections[{index}]"
-        if not isinstance(item, str) or not _REFERENCE.match(item):
+        match = _REFERENCE.fullmatch(item) if isinstance(item, str) else None
+        if match is None or match.group(2) in _DOT_SEGMENTS:
             raise InvalidRequest(f"{path} must be a Type/id reference", expression=[path])
         selections.append(item)
     return tuple(selections)
@@ -190,13 +206,13 @@ def parse_hook_request(body: Any, expected_hook: str) -> HookRequest:
         fhir_authorization = _parse_fhir_authorization(obj["fhirAuthorization"])
     context = _require_object(obj.get("context"), "context")
     patient_id = _require_string(context, "patientId", "context")
-    if not _FHIR_ID.match(patient_id):
+    if not is_fhir_id(patient_id):
         raise InvalidRequest("context.patientId must be a FHIR resource id ([A-Za-z0-9-.], up to 64)",
                              expression=["context.patientId"])
     user_id = _require_string(context, "userId", "context")
     _check_reference(user_id, "context.userId", _USER_TYPES[expected_hook])
     encounter_id = _optional_string(context, "encounterId", "context")
-    if encounter_id is not None and not _FHIR_ID.match(encounter_id):
+    if encounter_id is not None and not is_fhir_id(encounter_id):
         raise InvalidRequest("context.encounterId must be a FHIR resource id", expression=["context.encounterId"])
     prefetch = obj.get("prefetch")
     if prefetch is not None:

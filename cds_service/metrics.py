@@ -1,4 +1,4 @@
-"""Prometheus metrics, correct under several gunicorn workers (issue #8 "Observability").
+"""Prometheus metrics, correct under several server workers (issue #8 "Observability").
 
 Multiprocess mode: when ``PROMETHEUS_MULTIPROC_DIR`` is set, every worker writes its values to files in that
 directory and a scrape of ``/metrics`` -- answered by whichever worker the socket hands it to -- sums them over
@@ -45,6 +45,7 @@ __all__ = [
     "record_cards",
     "record_fallback_outcome",
     "record_prefetch_unavailable",
+    "record_unauthenticated",
     "render_metrics",
     "timed_fallback_fetch",
 ]
@@ -75,6 +76,7 @@ class _Metrics:
     http_requests: Counter
     http_duration: Histogram
     auth_rejected: Counter
+    unauthenticated: Counter
     prefetch_unavailable: Counter
     cards: Counter
     fallback_fetches: Counter
@@ -110,6 +112,11 @@ def _create_metrics() -> _Metrics:
         auth_rejected=Counter(
             "cds_auth_rejected", "Requests refused with 401: client JWT missing or invalid (reason in the log).",
             ["endpoint"]),
+        unauthenticated=Counter(
+            "cds_unauthenticated_requests",
+            "Requests to /cds-services answered before a client was authenticated (401, or an error ahead of "
+            "authentication), by Flask endpoint and status; never written to the audit log.",
+            ["endpoint", "status"]),
         prefetch_unavailable=Counter(
             "cds_prefetch_unavailable", "Hook calls answered 412: required prefetch data could not be had.",
             ["service"]),
@@ -147,6 +154,11 @@ def observe_request(endpoint: str, service_id: str, status: int, seconds: float)
 def record_auth_rejected(endpoint: str) -> None:
     """Count one 401 (client authentication failed)."""
     _metrics().auth_rejected.labels(endpoint).inc()
+
+
+def record_unauthenticated(endpoint: str, status: int) -> None:
+    """Count one request refused before authentication (issue 15 item 7: metrics, not the audit chain)."""
+    _metrics().unauthenticated.labels(endpoint, str(status)).inc()
 
 
 def record_prefetch_unavailable(service_id: str) -> None:
@@ -225,7 +237,7 @@ def prepare_multiprocess_dir() -> str:
 
 
 def mark_worker_dead(pid: int) -> None:
-    """gunicorn ``child_exit``: retire a worker's live-gauge files (its counters stay in the sums)."""
+    """A worker was replaced (cds_service.server): retire its live-gauge files (its counters stay in the sums)."""
     if multiprocess_dir() is None:
         return
     from prometheus_client import multiprocess

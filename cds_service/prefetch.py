@@ -16,29 +16,21 @@ resource that two of them return is kept once, so prefetched and fetched data gi
 from __future__ import annotations
 
 import logging
-import re
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
-from urllib.parse import quote
 
 import requests
 
 from cds_service.config import Settings
 from cds_service.errors import InvalidRequest, PrefetchUnavailable
-from cds_service.fhir_client import (
-    FetchResult,
-    FhirAccessError,
-    FhirClient,
-    FhirServerNotAllowed,
-    bundle_resources,
-    check_server_allowed,
-    next_link,
-)
+from cds_service.fhir_client import FetchResult, FhirAccessError, FhirClient, bundle_resources, next_link
+from cds_service.fhir_query import build_relative_url
 from cds_service.hook_models import HookRequest
 from cds_service.metrics import record_fallback_outcome, timed_fallback_fetch
 from cds_service.services import ServiceDefinition, resource_type_of
+from cds_service.url_policy import FhirServerNotAllowed, check_server_allowed
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +41,6 @@ SOURCE_FAILED = "failed"
 SOURCE_PARTIAL = "partial"  # some pages could not be had (page cap, other-origin next link, fetch error)
 
 _ABSENT: dict[str, Any] = {"resourceType": "_absent"}  # sentinel: key not sent
-_TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 
 
 @dataclass
@@ -65,25 +56,19 @@ class ResolvedData:
 
 
 def render_template(template: str, request: HookRequest) -> str | None:
-    """Fill ``{{context.x}}`` tokens from the request context; None when a token has no value.
+    """The relative URL the service GETs for ``template``: ``{{context.x}}`` tokens filled from the request
+    context and every query value percent-encoded (issue 16 item 4, cds_service/fhir_query.py); None when a
+    token has no value.
 
     Only root-level context fields are legal tokens in CDS Hooks 2.0 (FHIRPath tokens are 3.0-only).
     """
-    missing = False
+    def lookup(name: str) -> str | None:
+        if not name.startswith("context.") or name.count(".") != 1:
+            return None
+        value: Any = request.context.get(name.split(".", 1)[1])
+        return value if isinstance(value, str) and value else None
 
-    def substitute(match: re.Match[str]) -> str:
-        nonlocal missing
-        name = match.group(1)
-        value: Any = None
-        if name.startswith("context.") and name.count(".") == 1:
-            value = request.context.get(name.split(".", 1)[1])
-        if not isinstance(value, str) or not value:
-            missing = True
-            return ""
-        return quote(value, safe="/")
-
-    rendered = _TOKEN.sub(substitute, template)
-    return None if missing else rendered
+    return build_relative_url(template, lookup)
 
 
 def _is_operation_outcome(value: dict[str, Any]) -> bool:

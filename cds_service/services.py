@@ -21,7 +21,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
+from urllib.parse import quote
 
+from cds_service.fhir_query import build_relative_url
 from fhir_mappings.valuesets import LAB_VALUESETS, PROCEDURE_VALUESETS, default_index
 
 # Page sizes: a dialysis patient has ~8 relevant labs a month, so 250 covers 2-3 years; the rules look back at
@@ -35,8 +37,9 @@ _SERVICE_REQUEST_COUNT = 50
 
 PATIENT_PLACEHOLDER = "{{context.patientId}}"
 # Longest query (the part after the FHIR base URL) discovery may advertise, measured with a 64-character patient
-# id (the FHIR R4 id maximum) and each "|" percent-encoded (%7C, 3 bytes), as RFC 3986 requires. 1,800 leaves
-# ~240 bytes of a 2,048-byte limit for the base URL.
+# id (the FHIR R4 id maximum) and every query value percent-encoded as the service itself sends it (":" "/" "|" as
+# %XX, 3 bytes each; issue 16 item 4), so an EHR that encodes as fully fits too. 1,800 leaves ~240 bytes of a
+# 2,048-byte limit for the base URL.
 MAX_QUERY_CHARS = 1800
 _LONGEST_PATIENT_ID = "x" * 64
 
@@ -114,18 +117,24 @@ def code_tokens(valueset_ids: Iterable[str]) -> list[list[str]]:
 
 
 def query_length(template: str) -> int:
-    """What ``template`` costs in a GET URL after the base: a 64-character patient id and ``|`` as ``%7C``."""
-    return len(template.replace(PATIENT_PLACEHOLDER, _LONGEST_PATIENT_ID)) + 2 * template.count("|")
+    """What ``template`` costs in a GET URL after the base: a 64-character patient id and every query value
+    percent-encoded as the service sends it (``:``, ``/`` and ``|`` as ``%XX``; issue 16 item 4)."""
+    return len(build_relative_url(template, lambda _name: _LONGEST_PATIENT_ID) or template)
+
+
+def _token_length(token: str) -> int:
+    """A ``system|code`` token's length once percent-encoded (``http%3A%2F%2Floinc.org%7C2000-8``)."""
+    return len(quote(token, safe=""))
 
 
 def _pack(groups: Sequence[list[str]], room: int) -> list[list[str]]:
-    """Split the token groups into lists whose ``,``-joined, ``|``-encoded length fits ``room``.
+    """Split the token groups into lists whose ``,``-joined, percent-encoded length fits ``room``.
 
     Greedy, in order, keeping a value set's tokens together when they fit in one list (so, e.g., daily dialysis
     sessions and a transplant done years ago can land in separate searches that page separately).
     """
     def cost(tokens: Sequence[str]) -> int:
-        return sum(len(t) + 2 * t.count("|") for t in tokens) + max(len(tokens) - 1, 0)
+        return sum(_token_length(t) for t in tokens) + max(len(tokens) - 1, 0)
 
     chunks: list[list[str]] = []
     current: list[str] = []

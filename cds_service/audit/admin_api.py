@@ -1,4 +1,5 @@
-"""The admin HTTP API over the audit log: ``/admin/audit/{calls,cards,export,stats}`` (issue #4 item 4).
+"""The admin HTTP API over the audit log: ``/admin/audit/{calls,cards,export,export/calls,stats}`` (issue #4 item 4,
+issue 15 item 7).
 
 Audit data is PHI, so the API exists only when ``CDS_ADMIN_TOKEN`` is configured: without it every route
 answers 404 as if absent. Requests need ``Authorization: Bearer <CDS_ADMIN_TOKEN>`` (compared in
@@ -16,7 +17,8 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.audit.export import FORMATS, MEDIA_TYPES, write_export
-from cds_service.audit.queries import AuditFilter, iter_cards, list_calls, parse_timestamp, rule_stats
+from cds_service.audit.queries import AuditFilter, iter_calls, iter_cards, list_calls, parse_timestamp
+from cds_service.audit.stats import stats_report
 from cds_service.audit.store import AuditLog
 from cds_service.config import Settings
 from cds_service.errors import operation_outcome
@@ -127,11 +129,23 @@ def create_admin_blueprint(settings: Settings, get_audit: Callable[[], AuditLog 
             return Response(buffer.getvalue(), mimetype=MEDIA_TYPES[fmt])
         return _run(handler)
 
+    @bp.get("/export/calls")
+    def export_calls() -> Response:
+        """``audit export --calls`` over HTTP, a row per call: ?format=ndjson|csv|fhir&since&until&patient&rule."""
+        def handler(audit: AuditLog) -> Response:
+            fmt = request.args.get("format", "ndjson")
+            if fmt not in FORMATS:
+                raise _BadParameter("format", f"format must be one of {', '.join(FORMATS)}")
+            buffer = io.StringIO()
+            write_export(iter_calls(audit.engine, _filter_from_query()), fmt, buffer, calls=True)
+            return Response(buffer.getvalue(), mimetype=MEDIA_TYPES[fmt])
+        return _run(handler)
+
     @bp.get("/stats")
     def stats() -> Response:
-        """Alert burden per rule: ?since."""
+        """Alert burden per rule, suppressions per rule and reason, unmatched feedback: ?since."""
         def handler(audit: AuditLog) -> Response:
-            return jsonify({"rules": rule_stats(audit.engine, _filter_from_query().since)})
+            return jsonify(stats_report(audit.engine, _filter_from_query().since))
         return _run(handler)
 
     return bp

@@ -206,12 +206,17 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    """An Alembic configuration pointing at the migrations shipped in this package (no alembic.ini)."""
+def alembic_config(connection: Connection | None = None, keyring: Any = None) -> Config:
+    """An Alembic configuration pointing at the migrations shipped in this package (no alembic.ini).
+
+    ``keyring`` (cds_service.audit.keys.Keyring) is the chain key migration 0005 signs its anchor with.
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
         config.attributes["connection"] = connection
+    if keyring is not None:
+        config.attributes["chain_keyring"] = keyring
     return config
 
 
@@ -228,14 +233,18 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade_schema(engine: Engine) -> str:
-    """Run the migrations to head under a lock so concurrent starters do not race; returns the revision."""
+def upgrade_schema(engine: Engine, keyring: Any = None) -> str:
+    """Run the migrations to head under a lock so concurrent starters do not race; returns the revision.
+
+    ``keyring``: the audit chain keys (migration 0005 anchors an existing unkeyed chain with the current key;
+    without one it reads CDS_AUDIT_CHAIN_KEY or the --dev key file itself).
+    """
     with engine.connect() as connection, sqlite_writer_lock(engine):
         connection.execution_options(**{WRITE_OPTION: True})
         with connection.begin():
             if is_postgres(engine):
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            command.upgrade(alembic_config(connection), "head")
+            command.upgrade(alembic_config(connection, keyring), "head")
             revision = current_revision(connection)
     logger.info("audit schema at revision %s", revision)
     return revision or ""

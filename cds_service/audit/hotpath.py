@@ -6,11 +6,9 @@ call, which was most of the audit's 2.6 ms of CPU per typical call (8 M instruct
 SQL text and the per-column conversions are derived once from the same ``Table`` objects and run on the pooled
 DB-API connection. Everything else (feedback, export, purge, queries, migrations) stays on SQLAlchemy Core.
 
-What is stored is what Core stores, so both paths read back and verify alike (tests/audit/test_hotpath.py):
-``UtcDateTime`` is naive UTC in SQLAlchemy's SQLite text format and an aware ``timestamptz`` on PostgreSQL;
-JSON columns hold ``json.dumps`` text (SQLite) or a psycopg ``Json`` (PostgreSQL), as SQLAlchemy sends them.
-Hashes are those of :func:`cds_service.audit.chain.link_hash` over the same row content as before (computed by
-``link_hash_plain``, which skips the normalising walk the ``json_safe`` content does not need).
+The rows are linked by the chain's one writer (:class:`cds_service.audit.writer.ChainLinks`, keyed HMAC,
+issue 15 item 6) and stored with its prepared inserts, so they read back exactly as Core would store them
+(tests/audit/test_hotpath.py). Only the batching (group commit, one pipelined statement on PostgreSQL) is here.
 
 Driver errors leave here as SQLAlchemy's wrapped classes (``OperationalError``, ``IntegrityError``, ...) without
 statement parameters, so the callers' transient/permanent classification is unchanged. There is no
@@ -20,82 +18,32 @@ database restarted) is invalidated and the operation is retried once on a fresh 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Engine, Table, event
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from cds_service.audit.chain import CHAIN_LOCK_KEY, link_hash_plain
+from cds_service.audit.chain import CHAIN_LOCK_KEY
 from cds_service.audit.db import flush_sqlite_wal, is_postgres, sqlite_wal_path, sqlite_writer_lock
-from cds_service.audit.records import as_utc
-from cds_service.audit.schema import UtcDateTime, calls, cards, client_jti
+from cds_service.audit.keys import ChainKey
+from cds_service.audit.overrides import OVERRIDE_COLUMNS, OverrideSeen, override_from_row
+from cds_service.audit.schema import client_jti
+from cds_service.audit.writer import ChainLinks, statements
 
 # How often a pooled connection has been checked out (by any code path) since it was opened: on the first
 # checkout it was just opened, so its failure is a real one; after that it may be stale.
 _CHECKOUTS = "cds_checkouts"
-# SQLAlchemy's SQLite DATETIME storage format (sqlalchemy.dialects.sqlite.DATETIME), applied to naive UTC.
-_SQLITE_TIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
 # Rows written in the single PostgreSQL statement of a batch; beyond this (far more than any rule set and group
 # commit give) they go in executemany calls of their own.
 _MAX_CALLS_PER_STATEMENT = 16
 _MAX_CARDS_PER_STATEMENT = 100
 _T = TypeVar("_T")
-
-
-def _sqlite_time(value: datetime | None) -> str | None:
-    """A datetime as SQLAlchemy's ``UtcDateTime`` stores it in SQLite (naive UTC text, microseconds)."""
-    if value is None:
-        return None
-    utc = as_utc(value)
-    return _SQLITE_TIME % (utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond)
-
-
-def _pg_time(value: datetime | None) -> datetime | None:
-    """A datetime as ``UtcDateTime`` binds it on PostgreSQL (aware UTC, stored as timestamptz)."""
-    return None if value is None else as_utc(value)
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-class _Insert:
-    """``INSERT INTO table (every column) VALUES (...)`` with one converter per column."""
-
-    def __init__(self, table: Table, placeholder: str, to_time: Callable[[Any], Any],
-                 to_json: Callable[[Any], Any]) -> None:
-        self.columns = [column.name for column in table.columns]
-        # The hashed content is every column except record_hash (chain.row_content), in table order.
-        self.content_columns = [name for name in self.columns if name != "record_hash"]
-        self.converters: list[Callable[[Any], Any]] = []
-        for column in table.columns:
-            if isinstance(column.type, UtcDateTime):
-                self.converters.append(to_time)
-            elif isinstance(column.type, JSON):
-                self.converters.append(to_json)
-            elif column.type.python_type in (int, float, str, bool):
-                self.converters.append(_identity)
-            else:  # pragma: no cover - a new column type must be taught here, not silently mis-stored
-                raise TypeError(f"hot path cannot bind {table.name}.{column.name} ({column.type!r})")
-        # Only names from schema.py and placeholders are interpolated into SQL here and below, never values.
-        self._table = table.name
-        self._values = f"({', '.join([placeholder] * len(self.columns))})"
-        self.sql = self.multi_row_sql(1)
-
-    def multi_row_sql(self, rows: int) -> str:
-        """``INSERT`` of ``rows`` rows in one statement."""
-        values = ", ".join([self._values] * rows)
-        return f"INSERT INTO {self._table} ({', '.join(self.columns)}) VALUES {values}"  # noqa: S608
-
-    def parameters(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        """The row's values in column order, converted for the driver."""
-        return tuple(convert(row.get(name)) for name, convert in zip(self.columns, self.converters, strict=True))
 
 
 @dataclass(frozen=True)
@@ -113,38 +61,23 @@ class CallRows:
 class HotPath:
     """Append a hook call with its cards, and read the alert history, on one engine's pooled connections."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, key: ChainKey) -> None:
         self._engine = engine
+        self._key = key
         self._dialect = engine.dialect
         self._postgres = is_postgres(engine)
         self._wal_path = sqlite_wal_path(engine)
         dbapi = self._dialect.loaded_dbapi
         self._dbapi_error: type[Exception] = dbapi.Error
-        if self._postgres:
-            from psycopg.types.json import Json  # only installed where PostgreSQL is used
-
-            mark = "%s"
-            to_time: Callable[[Any], Any] = _pg_time
-            to_json: Callable[[Any], Any] = Json  # what SQLAlchemy's psycopg dialect binds for JSON
-        else:
-            mark = "?"
-            to_time = _sqlite_time
-            to_json = json.dumps  # what SQLAlchemy's JSON type stores on SQLite (default serializer)
-        self._mark = mark
-        self._to_time = to_time
-        self._insert_call = _Insert(calls, mark, to_time, to_json)
-        self._insert_card = _Insert(cards, mark, to_time, to_json)
-        self._sql_head = "SELECT last_seq, last_hash FROM chain_head WHERE id = 1"
-        self._sql_move_head = f"UPDATE chain_head SET last_seq = {mark}, last_hash = {mark} WHERE id = 1"  # noqa: S608
-        self._sql_lock = f"SELECT pg_advisory_xact_lock({mark})"
+        chain_sql = statements(self._postgres)  # the chain writer's SQL (writer.py)
+        mark = self._mark = chain_sql.mark
+        self._to_time = chain_sql.to_time
+        self._insert_call = chain_sql.inserts["calls"]
+        self._insert_card = chain_sql.inserts["cards"]
+        self._sql_head = chain_sql.sql_head
+        self._sql_move_head = chain_sql.sql_move_head
+        self._sql_lock = chain_sql.sql_lock
         self._sql_exists = f"SELECT id FROM calls WHERE record_uuid = {mark}"  # noqa: S608
-        # The same statements and join order as the Core queries they replace (why: AuditLog.alert_history).
-        self._sql_overridden = (
-            "SELECT DISTINCT cards.rule_id FROM feedback"  # noqa: S608
-            " JOIN cards ON cards.card_uuid = feedback.card_uuid JOIN calls ON calls.id = cards.call_id"
-            f" WHERE feedback.outcome = 'overridden' AND feedback.outcome_timestamp >= {mark}"
-            f" AND calls.patient_id = {mark}"
-        )
         # RETURNING yields the row only when it was inserted: the answer to "first time seen?" in one statement.
         self._sql_claim_jti = (
             f"INSERT INTO {client_jti.name} (iss, jti, expires_at) VALUES ({mark}, {mark}, {mark})"  # noqa: S608
@@ -182,25 +115,15 @@ class HotPath:
 
         Each call is followed by its cards, in the order handed in, exactly as single appends would chain them.
         """
-        last_seq, last_hash = int(head[0]), str(head[1])
-        recorded_at = datetime.now(UTC)
+        links = ChainLinks(self._key, head, datetime.now(UTC))  # the chain's one writer (writer.py)
         call_params: list[tuple[Any, ...]] = []
         card_params: list[tuple[Any, ...]] = []
         for item in batch:
-            call_row = dict(item.call, id=last_seq + 1, recorded_at=recorded_at)
-            last_seq, last_hash = self._link("calls", self._insert_call, call_row, last_hash)
-            call_params.append(self._insert_call.parameters(call_row))
+            call_id, parameters = links.link(self._insert_call, item.call)
+            call_params.append(parameters)
             for values in item.cards:
-                card_row = dict(values, id=last_seq + 1, call_id=call_row["id"], recorded_at=recorded_at)
-                last_seq, last_hash = self._link("cards", self._insert_card, card_row, last_hash)
-                card_params.append(self._insert_card.parameters(card_row))
-        return call_params, card_params, last_seq, last_hash
-
-    @staticmethod
-    def _link(table_name: str, insert: _Insert, row: dict[str, Any], previous_hash: str) -> tuple[int, str]:
-        content = {name: row.get(name) for name in insert.content_columns}
-        row["record_hash"] = link_hash_plain(table_name, content, previous_hash)
-        return int(row["id"]), str(row["record_hash"])
+                card_params.append(links.link(self._insert_card, dict(values, call_id=call_id))[1])
+        return call_params, card_params, links.last_seq, links.last_hash
 
     def _append_sqlite(self, connection: Any, rows: Callable[[], list[CallRows]], skip_stored: bool
                        ) -> list[CallRows]:
@@ -350,20 +273,21 @@ class HotPath:
             raise
 
     # ----------------------------------------------------------------------------------------- read
-    def alert_history(self, patient_id: str, rule_ids: Collection[str], overridden_since: datetime | None,
-                      order_alerts: Collection[tuple[str, str]], orders_since: datetime | None
-                      ) -> tuple[set[str], dict[tuple[str, str], str]]:
-        """(rules overridden for the patient since ..., first alert uuid per (rule, order key) since ...).
+    def alert_history(self, tenant_key: str, patient_id: str, rule_ids: Collection[str],
+                      overridden_since: datetime | None, order_alerts: Collection[tuple[str, str]],
+                      orders_since: datetime | None) -> tuple[list[OverrideSeen], dict[tuple[str, str], str]]:
+        """(overrides of ``rule_ids`` for the tenant's patient received since ..., first alert uuid per (rule,
+        order key) since ...).
 
         Semantics as ``AuditLog.alert_history``, which calls this; ``None`` for a ``since`` skips that read.
         """
         return self._on_connection(lambda connection: self._history(
-            connection, patient_id, rule_ids, overridden_since, order_alerts, orders_since))
+            connection, tenant_key, patient_id, rule_ids, overridden_since, order_alerts, orders_since))
 
-    def _history(self, connection: Any, patient_id: str, rule_ids: Collection[str],
+    def _history(self, connection: Any, tenant_key: str, patient_id: str, rule_ids: Collection[str],
                  overridden_since: datetime | None, order_alerts: Collection[tuple[str, str]],
-                 orders_since: datetime | None) -> tuple[set[str], dict[tuple[str, str], str]]:
-        overridden: set[str] = set()
+                 orders_since: datetime | None) -> tuple[list[OverrideSeen], dict[tuple[str, str], str]]:
+        overrides: list[OverrideSeen] = []
         first_alerts: dict[tuple[str, str], str] = {}
         if self._postgres:
             # Autocommit for the reads: no BEGIN and no ROLLBACK round trip around two SELECTs.
@@ -371,14 +295,16 @@ class HotPath:
         try:
             if overridden_since is not None and rule_ids:
                 wanted = set(rule_ids)
-                rows = self._select(connection, self._sql_overridden, (self._to_time(overridden_since), patient_id))
-                overridden = {str(row[0]) for row in rows if row[0] in wanted}
+                rows = self._select(connection, _overrides_sql(self._mark),
+                                    (self._to_time(overridden_since), tenant_key, patient_id))
+                overrides = [override_from_row(row) for row in rows if row[1] in wanted]
             if orders_since is not None and order_alerts:
                 pairs = set(order_alerts)
                 rules = sorted({rule for rule, _key in pairs})
                 keys = sorted({key for _rule, key in pairs})
                 sql = self._first_alerts_sql(len(rules), len(keys))
-                rows = self._select(connection, sql, (*rules, *keys, patient_id, self._to_time(orders_since)))
+                rows = self._select(connection, sql,
+                                    (*rules, *keys, tenant_key, patient_id, self._to_time(orders_since)))
                 for rule_id, order_key, series_uuid in rows:
                     pair = (str(rule_id), str(order_key))
                     if pair in pairs:  # one row per (rule, order key): its newest shown card
@@ -387,7 +313,7 @@ class HotPath:
             if self._postgres:
                 with suppress(self._dbapi_error):  # a broken connection is discarded by the pool anyway
                     connection.autocommit = False
-        return overridden, first_alerts
+        return overrides, first_alerts
 
     def _select(self, connection: Any, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
         if self._postgres:
@@ -417,7 +343,7 @@ class HotPath:
                 " WHERE cards.disposition = 'shown'"
                 f" AND cards.rule_id IN ({', '.join([mark] * rule_count)})"
                 f" AND cards.order_key IN ({', '.join([mark] * key_count)})"
-                f" AND calls.patient_id = {mark} AND calls.received_at >= {mark}"
+                f" AND calls.tenant_key = {mark} AND calls.patient_id = {mark} AND calls.received_at >= {mark}"
                 ") AS ranked WHERE newest = 1"
             )
             if len(self._sql_first_alerts) < 256:  # a handful of shapes in practice; bounded anyway
@@ -452,6 +378,25 @@ class HotPath:
         if self._postgres:
             return bool(driver is None or driver.closed or driver.broken)
         return bool(self._dialect.is_disconnect(exc, driver, None))  # type: ignore[arg-type]
+
+
+@cache
+def _overrides_sql(mark: str) -> str:
+    """The suppression read (issue 15): overrides received in the window on cards of this tenant's patient.
+
+    It starts at the overrides inside the window (index on feedback (outcome, received_at), migration 0003) ->
+    cards by uuid -> calls by id, with no rule_id filter in SQL on purpose: with one, SQLite drove the join from
+    the rule_id index, i.e. every card of those rules for ALL patients (issue #7). Rules, reasons, clients,
+    users and evidence are checked in Python (cds_service.alert_policy). Windows use this server's receive
+    time, never the EHR's outcomeTimestamp (issue 15 item 3).
+    """
+    columns = ", ".join(f"{column.table.name}.{column.name}" for column in OVERRIDE_COLUMNS)
+    return (
+        f"SELECT {columns} FROM feedback"  # noqa: S608
+        " JOIN cards ON cards.card_uuid = feedback.card_uuid JOIN calls ON calls.id = cards.call_id"
+        f" WHERE feedback.outcome = 'overridden' AND feedback.received_at >= {mark}"
+        f" AND calls.tenant_key = {mark} AND calls.patient_id = {mark}"
+    )
 
 
 def _count_from_zero(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, func, select
+from sqlalchemy import Engine, Select, and_, func, or_, select
 
 from cds_service.audit.chain import canonical_time
 from cds_service.audit.records import as_utc
@@ -153,6 +153,65 @@ def list_calls(engine: Engine, audit_filter: AuditFilter, *, limit: int = 100,
         item["recorded_at"] = _time(row["recorded_at"])
         result.append(item)
     return result
+
+
+# The columns of one exported call: every column of ``calls`` but its hash (columns added by later migrations
+# are exported without a code change here).
+CALL_EXPORT_COLUMNS = tuple(column.name for column in calls.columns if column.name != "record_hash")
+_CALL_TIME_COLUMNS = ("received_at", "recorded_at")
+
+
+def _calls_page(audit_filter: AuditFilter, after: tuple[datetime, int] | None, size: int) -> Select[Any]:
+    """Up to ``size`` calls in (received_at, id) order, starting after ``after`` (keyset paging)."""
+    conditions = audit_filter.call_conditions()
+    if audit_filter.rule_id is not None:
+        conditions.append(calls.c.id.in_(select(cards.c.call_id).where(cards.c.rule_id == audit_filter.rule_id)))
+    if after is not None:
+        received_at, call_id = after
+        conditions.append(or_(calls.c.received_at > received_at,
+                              and_(calls.c.received_at == received_at, calls.c.id > call_id)))
+    columns = [calls.c[name] for name in CALL_EXPORT_COLUMNS]
+    return (select(*columns).where(and_(True, *conditions))
+            .order_by(calls.c.received_at, calls.c.id).limit(size))
+
+
+def _cards_of(connection: Any, call_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    found: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    if not call_ids:
+        return found
+    query = (select(cards.c.call_id, cards.c.card_uuid, cards.c.rule_id, cards.c.rule_version, cards.c.indicator,
+                    cards.c.disposition, cards.c.repeat_of, cards.c.order_key)
+             .where(cards.c.call_id.in_(call_ids)).order_by(cards.c.id))
+    for row in connection.execute(query).mappings():
+        item = dict(row)
+        found[int(item.pop("call_id"))].append(item)
+    return found
+
+
+def iter_calls(engine: Engine, audit_filter: AuditFilter, *, batch: int = _BATCH) -> Iterator[dict[str, Any]]:
+    """Every hook call matching ``audit_filter``, oldest first, whatever its outcome (issue 15 item 7).
+
+    That includes calls with no card, 4xx/412 answers and engine failures, each with its data sources, skipped
+    resources, ``duration_ms`` (evaluation) and ``request_ms`` (whole request), and a short list of its cards.
+    Read in pages of ``batch`` calls, so the export's memory does not grow with the log. The rule filter
+    selects the calls that produced a card of that rule.
+    """
+    after: tuple[datetime, int] | None = None
+    while True:
+        with engine.connect() as connection:
+            rows = [dict(row) for row in connection.execute(_calls_page(audit_filter, after, batch)).mappings()]
+            card_lists = _cards_of(connection, [int(row["id"]) for row in rows])
+        for row in rows:
+            call_id = int(row["id"])
+            item: dict[str, Any] = {"audit_id": call_id}
+            for name in CALL_EXPORT_COLUMNS:
+                if name != "id":
+                    item[name] = _time(row[name]) if name in _CALL_TIME_COLUMNS else row[name]
+            item["cards"] = card_lists.get(call_id, [])
+            yield item
+        if len(rows) < batch:
+            return
+        after = (rows[-1]["received_at"], int(rows[-1]["id"]))
 
 
 def rule_stats(engine: Engine, since: datetime | None = None) -> list[dict[str, Any]]:

@@ -29,6 +29,10 @@ class CardRecord:
     disposition: str  # "shown" | "silent" | "suppressed"
     order_key: str | None = None  # "MedicationRequest/<id>" for order cards
     repeat_of: str | None = None  # card_uuid of the earlier identical order alert (dedup)
+    # Issue 15 item 4: the source resources (``Type/id|versionId|lastUpdated``) that drove the card, and the
+    # ``system|code`` of each override reason it offered. None on records made before they existed.
+    evidence_fingerprint: list[str] | None = None
+    override_codes: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,18 @@ class HookCallRecord:
     duration_ms: float
     http_status: int
     data_sources: dict[str, str]  # prefetch key -> "prefetch" | "fetched" | "null" | "failed"
-    skipped_resources: list[dict[str, str]]  # {resource_type, id, reason}
+    # {resource_type, id, reason}; more than a few of one reason: one entry with "count" and "first_ids"
+    skipped_resources: list[dict[str, Any]]
     rules_evaluated: list[tuple[str, str]]  # (rule_id, version)
     cards: list[CardRecord]
     error: str | None = None  # short machine code for non-200 outcomes (e.g. "prefetch-unavailable")
+    # Issue 15 item 1: the normalised fhirServer and the tenant key (cds_service.tenant.Tenant.key) that scope
+    # every piece of alert state this call reads or leaves; None on records made before they existed.
+    fhir_server: str | None = None
+    tenant_key: str | None = None
+    # Milliseconds from the request reaching the app until its response was ready (issue 15 item 7), beside
+    # ``duration_ms`` (evaluation only); None for records written before it existed.
+    request_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,12 @@ class FeedbackRecord:
     override_system: str | None
     override_display: str | None
     override_comment: str | None
-    outcome_timestamp: datetime
+    outcome_timestamp: datetime  # as the EHR sent it; never used for windows (issue 15 item 3)
+    # Issue 15 items 2-3: the client that sent it (None only in --dev without a JWT) and when this server
+    # received it (None: the store uses its own clock).
+    client_iss: str | None = None
+    client_tenant: str | None = None
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,9 @@ def call_to_json(spooled: SpooledCall) -> dict[str, Any]:
             "skipped_resources": [dict(item) for item in record.skipped_resources],
             "rules_evaluated": [[rule_id, version] for rule_id, version in record.rules_evaluated],
             "error": record.error,
+            "fhir_server": record.fhir_server,
+            "tenant_key": record.tenant_key,
+            "request_ms": record.request_ms,
             "cards": [
                 {
                     "card_uuid": card.card_uuid,
@@ -121,6 +141,8 @@ def call_to_json(spooled: SpooledCall) -> dict[str, Any]:
                     "disposition": card.disposition,
                     "order_key": card.order_key,
                     "repeat_of": card.repeat_of,
+                    "evidence_fingerprint": card.evidence_fingerprint,
+                    "override_codes": card.override_codes,
                 }
                 for card in record.cards
             ],
@@ -145,6 +167,8 @@ def call_from_json(data: dict[str, Any]) -> SpooledCall:
             disposition=str(card["disposition"]),
             order_key=card.get("order_key"),
             repeat_of=card.get("repeat_of"),
+            evidence_fingerprint=_optional_strings(card.get("evidence_fingerprint")),
+            override_codes=_optional_strings(card.get("override_codes")),
         )
         for card in call["cards"]
     ]
@@ -162,13 +186,21 @@ def call_from_json(data: dict[str, Any]) -> SpooledCall:
         duration_ms=float(call["duration_ms"]),
         http_status=int(call["http_status"]),
         data_sources={str(k): str(v) for k, v in call["data_sources"].items()},
-        skipped_resources=[{str(k): str(v) for k, v in item.items()} for item in call["skipped_resources"]],
+        skipped_resources=[{str(k): v for k, v in item.items()} for item in call["skipped_resources"]],
         rules_evaluated=[(str(rule_id), str(version)) for rule_id, version in call["rules_evaluated"]],
         cards=cards,
         error=call.get("error"),
+        fhir_server=call.get("fhir_server"),
+        tenant_key=call.get("tenant_key"),
+        request_ms=None if call.get("request_ms") is None else float(call["request_ms"]),  # absent in older files
     )
     return SpooledCall(
         record_uuid=str(data["record_uuid"]),
         record=record,
         spooled_at=datetime.fromisoformat(data["spooled_at"]),
     )
+
+
+def _optional_strings(value: Any) -> list[str] | None:
+    """A spooled list of strings; None when absent (a spool file written before the field existed)."""
+    return None if value is None else [str(item) for item in value]

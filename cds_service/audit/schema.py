@@ -1,8 +1,9 @@
 """The audit database tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them.
 
-Every audited record (hook call, card, feedback item, purge checkpoint) carries a global sequence number as
-its primary key and ``record_hash``, a SHA-256 chained to the previous record of the same database (issue #4
-item 3, see :mod:`cds_service.audit.chain`). ``chain_head`` holds the last sequence number and hash;
+Every audited record (hook call, card, feedback item, purge checkpoint, anchor) carries a global sequence
+number as its primary key and ``record_hash``, an HMAC-SHA-256 chained to the previous record of the same
+database (issue #4 item 3, issue 15 item 6, see :mod:`cds_service.audit.chain`), with ``key_id`` naming the
+signing key. ``chain_head`` holds the last sequence number and hash;
 ``client_jti`` is the JWT replay cache shared by every worker and instance (issue #8 item 3), not part
 of the chain.
 """
@@ -67,6 +68,7 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 HASH = String(64)
+KEY_ID = String(16)  # cds_service.audit.keys.key_id_of
 
 chain_head = Table(
     "chain_head",
@@ -97,9 +99,18 @@ calls = Table(
     Column("skipped_resources", JSON, nullable=False),
     Column("rules_evaluated", JSON, nullable=False),
     Column("error", Text),
+    # From the request reaching the app until the response was ready (migration 0004, issue 15 item 7); NULL
+    # in rows written before it, whose hash was computed without it.
+    Column("request_ms", Float, info={"added_in": "0004"}),
+    # The tenant that owns the call's alert state (migration 0003, issue 15 item 1): the normalised fhirServer
+    # and the digest of (client iss, tenant claim, fhirServer). NULL in rows written before it.
+    Column("fhir_server", Text, info={"added_in": "0003"}),
+    Column("tenant_key", String(64), info={"added_in": "0003"}),
     Column("recorded_at", UtcDateTime, nullable=False),
     Column("record_hash", HASH, nullable=False),
+    Column("key_id", KEY_ID),  # the chain key that signed the row (migration 0005); NULL: legacy SHA-256
     Index(None, "patient_id", "received_at"),
+    Index(None, "tenant_key", "patient_id", "received_at"),
 )
 
 cards = Table(
@@ -117,8 +128,12 @@ cards = Table(
     Column("disposition", String(16), nullable=False),
     Column("order_key", Text, index=True),
     Column("repeat_of", Text),
+    # What drove the card and which override reasons it offered (migration 0003, issue 15 item 4).
+    Column("evidence_fingerprint", JSON, info={"added_in": "0003"}),
+    Column("override_codes", JSON, info={"added_in": "0003"}),
     Column("recorded_at", UtcDateTime, nullable=False),
     Column("record_hash", HASH, nullable=False),
+    Column("key_id", KEY_ID),  # the chain key that signed the row (migration 0005); NULL: legacy SHA-256
 )
 
 feedback = Table(
@@ -136,11 +151,23 @@ feedback = Table(
     Column("override_display", Text),
     Column("override_comment", Text),
     Column("outcome_timestamp", UtcDateTime, nullable=False),
+    # Migration 0003, issue 15 items 2-3: the sending client, this server's receive time (windows start here,
+    # never at outcome_timestamp), outcome_timestamp more than 5 minutes after it, and whether the card and its
+    # client were known at receipt ("matched" / "unmatched"; the join on card uuid and client decides the effect,
+    # so a card replayed later from a spool is matched then).
+    Column("client_iss", Text, info={"added_in": "0003"}),
+    Column("client_tenant", Text, info={"added_in": "0003"}),
+    Column("received_at", UtcDateTime, info={"added_in": "0003"}),
+    Column("timestamp_in_future", Boolean, info={"added_in": "0003"}),
+    Column("match", String(16), info={"added_in": "0003"}),
     Column("recorded_at", UtcDateTime, nullable=False, index=True),
     Column("record_hash", HASH, nullable=False),
+    Column("key_id", KEY_ID),  # the chain key that signed the row (migration 0005); NULL: legacy SHA-256
     # The alert policy's suppression read starts here: overrides inside the window, however long the
     # patient's history (migration 0002, issue #7).
     Index(None, "outcome", "outcome_timestamp"),
+    # Since migration 0003 the suppression read starts at the overrides received inside the window.
+    Index(None, "outcome", "received_at"),
 )
 
 checkpoints = Table(
@@ -153,6 +180,22 @@ checkpoints = Table(
     Column("purged_counts", JSON, nullable=False),
     Column("recorded_at", UtcDateTime, nullable=False),
     Column("record_hash", HASH, nullable=False),
+    Column("key_id", KEY_ID),  # the chain key that signed the row (migration 0005); NULL: legacy SHA-256
+)
+
+# The keyed anchor migration 0005 writes over a chain that was written before it was keyed (issue 15 item 6): it
+# vouches for the unkeyed records up to ``legacy_through_id`` (whose hash is ``legacy_head_hash``); an unkeyed
+# record anywhere after a keyed one fails verification.
+anchors = Table(
+    "anchors",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(32), nullable=False),  # "keyed-chain"
+    Column("legacy_through_id", BigInteger, nullable=False),
+    Column("legacy_head_hash", HASH, nullable=False),
+    Column("recorded_at", UtcDateTime, nullable=False),
+    Column("record_hash", HASH, nullable=False),
+    Column("key_id", KEY_ID, nullable=False),
 )
 
 client_jti = Table(
@@ -169,4 +212,5 @@ CHAINED_TABLES: dict[str, Table] = {
     "cards": cards,
     "feedback": feedback,
     "checkpoints": checkpoints,
+    "anchors": anchors,
 }

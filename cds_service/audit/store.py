@@ -26,23 +26,19 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, exists, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from cds_service.audit.chain import CHAIN_LOCK_KEY, ChainAppender, canonical_json, canonical_time, json_safe
-from cds_service.audit.db import (
-    WRITE_OPTION,
-    AuditSchemaError,
-    check_schema,
-    create_audit_engine,
-    is_postgres,
-    sqlite_writer_lock,
-    upgrade_schema,
-)
+from cds_service.audit.chain import canonical_json, canonical_time, json_safe
+from cds_service.audit.db import AuditSchemaError, check_schema, create_audit_engine, upgrade_schema
 from cds_service.audit.group_commit import GroupCommit
 from cds_service.audit.hotpath import CallRows, HotPath
+from cds_service.audit.keys import Keyring, load_keyring
+from cds_service.audit.overrides import OverrideSeen
 from cds_service.audit.records import FeedbackRecord, HookCallRecord, SpooledCall, as_utc
-from cds_service.audit.schema import cards, feedback
+from cds_service.audit.schema import calls, cards, feedback
 from cds_service.audit.spool import Spool
-from cds_service.config import Settings
+from cds_service.audit.writer import ChainTransaction, chain_transaction
+from cds_service.config import ConfigError, Settings
 from cds_service.metrics import record_audit_failure
+from cds_service.tenant import same_client
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -67,8 +63,13 @@ class AuditUnavailable(Exception):
 class AlertHistory:
     """Earlier alerts relevant to one hook call (see ``AuditLog.alert_history``)."""
 
-    overridden: frozenset[str]
+    overrides: tuple[OverrideSeen, ...]
     first_alerts: dict[tuple[str, str], str]
+
+    @property
+    def overridden(self) -> frozenset[str]:
+        """The rule ids with any override in the window (before the policy weighs reason, user and evidence)."""
+        return frozenset(item.rule_id for item in self.overrides)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -83,10 +84,13 @@ def _is_transient(exc: BaseException) -> bool:
 class AuditLog:
     """The alert audit log on one database (SQLite file or PostgreSQL), with its local spool."""
 
-    def __init__(self, settings: Settings, engine: Engine, *, create_schema: bool) -> None:
+    def __init__(self, settings: Settings, engine: Engine, *, create_schema: bool,
+                 keyring: Keyring | None = None) -> None:
         self._settings = settings
         self._engine = engine
-        self._hot = HotPath(engine)
+        # The chain key (issue 15 item 6): CDS_AUDIT_CHAIN_KEY, or the generated --dev key; ConfigError if none.
+        self._keyring = keyring or load_keyring(settings)
+        self._hot = HotPath(engine, self._keyring.current)
         self._group: GroupCommit[CallRows] = GroupCommit(self._hot.append, _is_transient, GROUP_COMMIT_TIMEOUT_S)
         self._create_schema = create_schema
         self._spool = Spool(settings.spool_dir)
@@ -111,11 +115,12 @@ class AuditLog:
         raising AuditSchemaError with the fix otherwise. An unreachable database is not an error here:
         decision support must not stop, records are spooled until it answers.
         """
+        keyring = load_keyring(settings)  # start-up stops here without a chain key (ConfigError names the fix)
         engine = create_audit_engine(settings.effective_database_url)
-        audit = cls(settings, engine, create_schema=create_schema)
+        audit = cls(settings, engine, create_schema=create_schema, keyring=keyring)
         try:
             audit._ensure_schema()
-        except AuditSchemaError:
+        except (AuditSchemaError, ConfigError):  # ConfigError: migration 0005 found no chain key
             engine.dispose()
             raise
         except (SQLAlchemyError, OSError) as exc:
@@ -129,6 +134,11 @@ class AuditLog:
         self._closed = True
         with self._replay_lock:
             self._engine.dispose()
+
+    @property
+    def keyring(self) -> Keyring:
+        """The audit chain keys this log signs with (current) and verifies with (current and retired)."""
+        return self._keyring
 
     @property
     def engine(self) -> Engine:
@@ -253,6 +263,7 @@ class AuditLog:
                 card_known = connection.execute(
                     select(exists().where(cards.c.card_uuid == item.card_uuid))
                 ).scalar_one()
+                received_at = as_utc(item.received_at or datetime.now(UTC))
                 chain.append("feedback", {
                     "item_key": key,
                     "service_id": item.service_id,
@@ -265,15 +276,24 @@ class AuditLog:
                     "override_display": item.override_display,
                     "override_comment": item.override_comment,
                     "outcome_timestamp": as_utc(item.outcome_timestamp),
+                    "client_iss": item.client_iss,
+                    "client_tenant": item.client_tenant,
+                    "received_at": received_at,
+                    # Issue 15 item 3: stored as sent, flagged when well ahead of this server's clock.
+                    "timestamp_in_future": as_utc(item.outcome_timestamp) > received_at + FUTURE_TOLERANCE,
+                    "match": "matched" if card_known and _card_client_matches(connection, item) else "unmatched",
                 })
 
     # ----------------------------------------------------------------------------------------- policy reads
-    def alert_history(self, patient_id: str, rule_ids: Collection[str], overridden_since: datetime | None,
-                      order_alerts: Collection[tuple[str, str]], orders_since: datetime | None) -> AlertHistory:
+    def alert_history(self, tenant_key: str, patient_id: str, rule_ids: Collection[str],
+                      overridden_since: datetime | None, order_alerts: Collection[tuple[str, str]],
+                      orders_since: datetime | None) -> AlertHistory:
         """What the alert policy needs to know about earlier alerts, for all cards of one hook call at once.
 
-        - ``overridden``: which of ``rule_ids`` a clinician overrode for this patient at or after
-          ``overridden_since`` (None: do not ask);
+        Only the tenant's own state (issue 15 item 1: ``tenant_key`` of cds_service.tenant.Tenant):
+        - ``overrides``: the ``overridden`` feedback on cards of ``rule_ids`` for this patient, received by this
+          service at or after ``overridden_since`` (None: do not ask), with what the policy weighs (reason,
+          clients, user, evidence, indicator);
         - ``first_alerts``: for each (rule id, order key) in ``order_alerts``, the card uuid that started the
           series of alerts shown for that draft order since ``orders_since`` (None: do not ask).
 
@@ -283,21 +303,17 @@ class AuditLog:
         ask_overridden = overridden_since is not None and bool(rule_ids)
         ask_orders = orders_since is not None and bool(order_alerts)
         if not ask_overridden and not ask_orders:
-            return AlertHistory(frozenset(), {})
+            return AlertHistory((), {})
         self._fail_fast_while_down()
         try:
             self._ensure_schema()
-            # The suppression read starts at the overrides inside the window (index on feedback (outcome,
-            # outcome_timestamp), migration 0002) -> cards by uuid -> calls by id, with no rule_id filter in
-            # SQL on purpose: with one, SQLite drove the join from the rule_id index, i.e. every card of those
-            # rules for ALL patients (4.7 ms per call after 3,000 calls). The few rules are filtered in Python.
-            overridden, first_alerts = self._hot.alert_history(
-                patient_id, rule_ids, overridden_since if ask_overridden else None,
+            overrides, first_alerts = self._hot.alert_history(
+                tenant_key, patient_id, rule_ids, overridden_since if ask_overridden else None,
                 order_alerts, orders_since if ask_orders else None)
         except (SQLAlchemyError, AuditSchemaError, OSError) as exc:
             self._mark_down(exc, "read")
             raise AuditUnavailable("the audit database cannot answer now") from exc
-        return AlertHistory(frozenset(overridden), first_alerts)
+        return AlertHistory(tuple(overrides), first_alerts)
 
     # ----------------------------------------------------------------------------------------- jti cache
     def remember_jti(self, iss: str, jti: str, expires_at: datetime) -> bool:
@@ -329,22 +345,20 @@ class AuditLog:
             if self._schema_ready:
                 return
             if self._create_schema:
-                upgrade_schema(self._engine)
+                upgrade_schema(self._engine, keyring=self._keyring)
             else:
                 check_schema(self._engine)
             self._schema_ready = True
 
     @contextmanager
-    def _write_transaction(self) -> Iterator[tuple[Connection, ChainAppender]]:
-        """A transaction holding the chain lock, with an appender positioned at the chain head."""
-        with self._engine.connect() as connection, sqlite_writer_lock(self._engine):
-            connection.execution_options(**{WRITE_OPTION: True})
-            with connection.begin():
-                if is_postgres(self._engine):
-                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
-                chain = ChainAppender(connection, datetime.now(UTC))
-                yield connection, chain
-                chain.finish()
+    def _write_transaction(self) -> Iterator[tuple[Connection, ChainTransaction]]:
+        """A transaction holding the chain lock, with the chain writer positioned at the chain head.
+
+        Reads go through the SQLAlchemy connection; appends through the chain's one writer on the same DB-API
+        connection, hence in the same transaction (issue 15 item 6).
+        """
+        with chain_transaction(self._engine, self._keyring.current) as (connection, chain):
+            yield connection, chain
 
     def _fail_fast_while_down(self) -> None:
         # Within the back-off after a failure, do not make every request wait on a dead database again
@@ -399,6 +413,9 @@ def _call_rows(spooled: SpooledCall) -> CallRows:
         "skipped_resources": json_safe(record.skipped_resources),
         "rules_evaluated": json_safe(record.rules_evaluated),
         "error": record.error,
+        "fhir_server": record.fhir_server,
+        "tenant_key": record.tenant_key,
+        "request_ms": None if record.request_ms is None else float(record.request_ms),
     }
     card_rows = [{
         "card_uuid": card.card_uuid,
@@ -411,6 +428,8 @@ def _call_rows(spooled: SpooledCall) -> CallRows:
         "disposition": card.disposition,
         "order_key": card.order_key,
         "repeat_of": card.repeat_of,
+        "evidence_fingerprint": None if card.evidence_fingerprint is None else json_safe(card.evidence_fingerprint),
+        "override_codes": None if card.override_codes is None else json_safe(card.override_codes),
     } for card in record.cards]
     return CallRows(spooled.record_uuid, call, card_rows)
 
@@ -453,4 +472,22 @@ def feedback_item_key(item: FeedbackRecord) -> str:
         "override_comment": item.override_comment,
         "outcome_timestamp": canonical_time(item.outcome_timestamp),
     }
+    if item.client_iss is not None:
+        # Issue 15 item 2: the same item from another client is another item (it must not pass for a resend of
+        # the card's own client's feedback). Without a client (--dev, no JWT) the key is as before.
+        identity["client"] = [item.client_iss, item.client_tenant]
     return hashlib.sha256(canonical_json(identity).encode("utf-8")).hexdigest()
+
+
+# Issue 15 item 3: an outcomeTimestamp further ahead of this server's receive time than this is flagged.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
+def _card_client_matches(connection: Connection, item: FeedbackRecord) -> bool:
+    """Whether the feedback's client is the client of the call that produced the card (issue 15 item 2)."""
+    row = connection.execute(
+        select(calls.c.client_iss, calls.c.client_tenant)
+        .select_from(cards.join(calls, calls.c.id == cards.c.call_id))
+        .where(cards.c.card_uuid == item.card_uuid)
+    ).first()
+    return row is not None and same_client(item.client_iss, item.client_tenant, row[0], row[1])

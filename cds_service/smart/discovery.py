@@ -17,6 +17,7 @@ import requests
 
 from cds_service.config import Settings
 from cds_service.smart.errors import DiscoveryFailed
+from cds_service.url_policy import path_problem
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,16 @@ def _endpoint(value: Any, settings: Settings) -> str | None:
     """An absolute endpoint URL; https outside --dev (the code and verifier travel to it)."""
     if not isinstance(value, str):
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return None
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
         return None
     if parts.scheme != "https" and not settings.dev:
         return None
+    if path_problem(parts.path) is not None:
+        return None  # "/a/../token" is another endpoint to the HTTP library than it reads (issue 16 item 3)
     return value
 
 

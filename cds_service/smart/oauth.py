@@ -17,13 +17,14 @@ from urllib.parse import urlencode, urlsplit
 import requests
 
 from cds_service.config import Settings
+from cds_service.hook_models import is_fhir_id
 from cds_service.smart.errors import TokenExchangeFailed
 
 log = logging.getLogger(__name__)
 
 _MAX_BYTES = 256 * 1024
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_RULE_ID = re.compile(r"^[a-z0-9-]{1,64}$")
+# Matched with re.fullmatch (issue 16 item 9): with re.match, "$" also accepts a final newline.
+_RULE_ID = re.compile(r"[a-z0-9-]{1,64}")
 DEFAULT_EXPIRES_S = 300  # a token response without expires_in: assume a short life, then relaunch
 
 
@@ -83,7 +84,7 @@ def _grant_from(body: dict[str, Any]) -> TokenGrant:
     if not isinstance(token, str) or not token or not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise TokenExchangeFailed("The EHR did not issue a bearer access token.")
     patient = body.get("patient")
-    if not isinstance(patient, str) or not _FHIR_ID.match(patient):
+    if not isinstance(patient, str) or not is_fhir_id(patient):
         raise TokenExchangeFailed(
             "The EHR did not say which patient to show (no patient launch context). Open a patient's chart and "
             "launch the app from there, or choose a patient when asked.", status=400)
@@ -105,7 +106,7 @@ def _app_context_rule(value: Any) -> str | None:
             return None
     if isinstance(value, dict):
         rule = value.get("rule")
-        if isinstance(rule, str) and _RULE_ID.match(rule):
+        if isinstance(rule, str) and _RULE_ID.fullmatch(rule):
             return rule
     return None
 

@@ -2,7 +2,8 @@
 
 The queries are the patient-view service's own prefetch templates, filled with the launch's patient id, so the
 viewer sees exactly the data a patient-view hook call would (same engine input, same findings). Every request
-goes through ``cds_service.fhir_client`` (allowlist/https policy, timeouts, no redirects, same-origin paging).
+goes through ``cds_service.fhir_client`` (allowlist/https policy, timeouts, no redirects, same-origin paging, no
+cookies) with its query values percent-encoded (``cds_service.fhir_query``).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import logging
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
-from cds_service.fhir_client import FetchResult, FhirAccessError, FhirClient, FhirServerNotAllowed, check_server_allowed
+from cds_service.fhir_client import FetchResult, FhirAccessError, FhirClient
+from cds_service.fhir_query import build_relative_url
 from cds_service.runtime import Runtime
 from cds_service.services import find_service
 from cds_service.smart.errors import FhirUnavailable, SessionExpired, UnknownIssuer
+from cds_service.url_policy import FhirServerNotAllowed, check_server_allowed
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,14 @@ def load_patient_data(runtime: Runtime, iss: str, access_token: str, patient_id:
     if service is None:  # pragma: no cover - the service table is static
         raise FhirUnavailable("The patient-view service definition is missing.")
     client = FhirClient(iss, access_token, settings, runtime.fhir_session)
-    pid = quote(patient_id, safe="")
-    queries = {spec.key: spec.template.replace("{{context.patientId}}", pid) for spec in service.prefetch}
+    # The same relative URLs a hook call's fallback fetch sends: every query value percent-encoded, so a proxy
+    # that collapses "//" cannot empty the viewer (issue 16 item 4).
+    queries: dict[str, str] = {}
+    for spec in service.prefetch:
+        query = build_relative_url(spec.template,
+                                   lambda name: patient_id if name == "context.patientId" else None)
+        if query is not None:
+            queries[spec.key] = query
     required = {spec.key for spec in service.prefetch if spec.required}
     futures: dict[str, Future[FetchResult]] = {
         key: runtime.executor.submit(client.fetch, query) for key, query in queries.items()

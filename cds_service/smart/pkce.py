@@ -14,7 +14,7 @@ import re
 import secrets
 
 # RFC 7636 section 4.1: 43-128 characters from the unreserved set.
-_VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")  # fullmatch: "$" would also accept a final newline
 
 
 def new_code_verifier() -> str:
@@ -27,7 +27,7 @@ def code_challenge_s256(verifier: str) -> str:
 
     Raises ValueError for a verifier outside the RFC's length or alphabet.
     """
-    if not _VERIFIER.match(verifier):
+    if not _VERIFIER.fullmatch(verifier):
         raise ValueError("code verifier must be 43-128 characters of [A-Za-z0-9-._~] (RFC 7636 4.1)")
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 
 from cds_service.rules.thresholds import CAXP_KDOQI_TARGET, CAXP_SEED_THRESHOLD
 from fhir_mappings.facts import LabResult, PatientFacts
-from fhir_mappings.pairing import CaPPair, best_pair
+from fhir_mappings.pairing import CaPPair, PairIndex
+from fhir_mappings.states import dialysis_sessions
 
 TOTAL_CALCIUM_KINDS = ("lab-calcium-total", "lab-calcium-blood")
 PHOSPHATE_KINDS = ("lab-phosphate",)
@@ -109,13 +110,14 @@ def trend_points(facts: PatientFacts) -> list[TrendPoint]:
     """All calcium, phosphate and Ca x P points of the record, oldest first (no layout yet)."""
     calcium = sorted((r for r in facts.labs if r.kind in TOTAL_CALCIUM_KINDS), key=lambda r: r.time)
     phosphate = sorted((r for r in facts.labs if r.kind in PHOSPHATE_KINDS), key=lambda r: r.time)
-    dialysis = tuple(p.time for p in facts.procedures if "proc-dialysis" in p.groups and p.time is not None)
+    # The engine's pairing rules and session definition (§8.0: intermittent sessions by their start time).
+    index = PairIndex(phosphate, [s.start for s in dialysis_sessions(facts.procedures) if s.intermittent])
     points = [TrendPoint("calcium", r.time, r.value, _lab_label("Calcium", r)) for r in calcium]
     points += [TrendPoint("phosphate", r.time, r.value, _lab_label("Phosphate", r)) for r in phosphate]
     seen: set[tuple[str, str]] = set()
     for ca in calcium:
         # Each calcium result with its best comparable phosphate, by the engine's own pairing rules.
-        pair = best_pair([ca], phosphate, dialysis)
+        pair = index.best_for(ca)
         if pair is None or (pair.calcium.reference, pair.phosphate.reference) in seen:
             continue
         seen.add((pair.calcium.reference, pair.phosphate.reference))

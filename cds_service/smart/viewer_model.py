@@ -13,6 +13,7 @@ from cds_service.smart.freshness import DataNote, access_notes, lab_notes
 from cds_service.smart.history import History, patient_history
 from cds_service.smart.patient_data import load_patient_data
 from cds_service.smart.trend import TrendChart, build_chart, trend_points
+from cds_service.tenant import normalise_fhir_base
 from fhir_mappings.extract import extract
 from fhir_mappings.valuesets import default_index
 
@@ -66,14 +67,15 @@ def build_viewer_model(runtime: Runtime, auth: dict[str, Any], now: datetime,
         gender=gender if isinstance(gender, str) and gender else "gender unknown",
         age=patient_age_text(age),
     )
-    findings = current_findings(runtime, data.patient, data.resources, now)
+    fhir_server = normalise_fhir_base(auth["iss"])  # issue 15 items 1, 5: this launch's tenant only
+    findings = current_findings(runtime, data.patient, data.resources, now, fhir_server)
     notes = lab_notes(facts, now) + access_notes(data.unavailable, data.truncated, not_granted, findings.skipped)
     return ViewerModel(
         banner=banner,
         chart=build_chart(trend_points(facts)),
         findings=findings,
         notes=notes,
-        history=patient_history(runtime, auth["patient"]),
+        history=patient_history(runtime, auth["patient"], fhir_server),
         focus_rule=auth.get("rule"),
         generated_at=f"{now:%Y-%m-%d %H:%M} UTC",
     )

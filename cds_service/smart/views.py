@@ -19,7 +19,6 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from cds_service.config import Settings
-from cds_service.fhir_client import FhirServerNotAllowed, check_server_allowed
 from cds_service.runtime import EXTENSION_KEY, Runtime, get_runtime
 from cds_service.smart.discovery import discover
 from cds_service.smart.errors import (
@@ -34,6 +33,7 @@ from cds_service.smart.oauth import authorize_url, exchange_code, safe_error_cod
 from cds_service.smart.pkce import code_challenge_s256, new_code_verifier, new_state, same_secret
 from cds_service.smart.scopes import missing_read_grants, requested_scopes
 from cds_service.smart.session_store import SessionStore, default_store_path
+from cds_service.url_policy import FhirServerNotAllowed, UnsafeUrl, check_server_allowed, normalise
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,22 @@ def _check_iss(iss: str, runtime: Runtime) -> str:
         raise UnknownIssuer("The launch did not say which FHIR server to use (no iss parameter), and no default "
                             "is configured (CDS_SMART_DEFAULT_ISS). Launch the app from your EHR.",
                             status=400, title="The launch is incomplete")
-    parts = urlsplit(iss)
+    try:
+        parts = urlsplit(iss)
+        parts.port  # noqa: B018 - raises ValueError for a bad port; found by tests/security/test_fuzz.py
+    except ValueError:
+        parts = urlsplit("")
     if len(iss) > _MAX_PARAM or parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
-            or parts.fragment:
+            or parts.fragment or parts.username is not None or parts.password is not None:
         raise UnknownIssuer("The iss parameter is not an absolute FHIR base URL.", status=400,
                             title="The launch is incomplete")
+    try:
+        # Normalised before it is trusted (issue 16 item 3): "/fhir/../admin" is "/admin" to the HTTP library.
+        normalise(iss)
+    except UnsafeUrl as exc:
+        raise UnknownIssuer(f"The iss parameter is refused: {exc}. Launch the app from your EHR; if the EHR sent "
+                            "this address, tell its administrator.", status=400,
+                            title="The FHIR server address is not in normal form") from None
     try:
         check_server_allowed(iss, runtime.settings)
     except FhirServerNotAllowed as exc:

@@ -10,13 +10,14 @@ import sys
 
 from cds_service.audit import AuditLog
 from cds_service.config import load_settings
+from tests.audit.conftest import TEST_CHAIN_KEY
 from tests.audit.factories import make_call, make_card
 
 
 def main() -> None:
     """Write the calls, then print what was written so the parent can check every one is stored."""
     url, data_dir, calls, cards_per_call, tag = sys.argv[1:6]
-    settings = load_settings({}, data_dir=data_dir, database_url=url)
+    settings = load_settings({}, data_dir=data_dir, database_url=url, audit_chain_key=TEST_CHAIN_KEY)
     audit = AuditLog.open(settings, create_schema=True)
     try:
         for _ in range(int(calls)):

@@ -18,10 +18,15 @@ import pytest
 from psycopg import sql
 
 from cds_service.audit import AuditLog
+from cds_service.audit.keys import Keyring, parse_key
 from cds_service.config import Settings, load_settings
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:{port}/{name}"
+# The audit chain key of the test databases (issue 15 item 6); CHAIN_KEY_ENV for CLI runs and subprocesses.
+TEST_CHAIN_KEY = "test-audit-chain-key-0123456789abcdef"
+TEST_KEYRING = Keyring(current=parse_key(TEST_CHAIN_KEY, "tests"), retired={})
+CHAIN_KEY_ENV = {"CDS_AUDIT_CHAIN_KEY": TEST_CHAIN_KEY}
 
 
 def _postgres_up() -> bool:
@@ -60,7 +65,8 @@ class Database:
 
     def settings(self, url: str | None = None, **overrides: object) -> Settings:
         """Service settings pointing at this database (or at ``url``, e.g. through a proxy)."""
-        values: dict[str, object] = {"data_dir": str(self.data_dir), "database_url": url or self.url, **overrides}
+        values: dict[str, object] = {"data_dir": str(self.data_dir), "database_url": url or self.url,
+                                     "audit_chain_key": TEST_CHAIN_KEY, **overrides}
         return load_settings({}, **values)
 
     def url_via_port(self, port: int) -> str:

@@ -13,9 +13,14 @@ from sqlalchemy import Engine, create_engine, event, func, select, text
 from cds_service.audit import AuditLog, CardRecord, FeedbackRecord, HookCallRecord
 from cds_service.audit.db import normalise_url
 from cds_service.audit.schema import calls, cards, feedback
+from cds_service.tenant import Tenant
 
 # A value that must never reach a log line (grepped by the log tests).
 SECRET_LAB_VALUE = 13.37
+# The tenant of make_call's records (issue 15 item 1) and the override reason its cards offer (item 4).
+ISSUER = "https://ehr.example.org"
+TENANT = Tenant.of(ISSUER, None, "https://ehr.example.org/fhir")
+REASON_SYSTEM = "https://example.org/override-reasons"
 
 
 def make_card(rule_id: str = "calcinosis.phosphate.high", *, disposition: str = "shown",
@@ -33,6 +38,8 @@ def make_card(rule_id: str = "calcinosis.phosphate.high", *, disposition: str = 
         disposition=disposition,
         order_key=order_key,
         repeat_of=repeat_of,
+        evidence_fingerprint=["Observation/ob-1|1|2025-01-01T00:00:00Z"],
+        override_codes=[f"{REASON_SYSTEM}|not-relevant"],
     )
 
 
@@ -47,7 +54,7 @@ def make_call(patient_id: str | None = "pat-1", cards_: list[CardRecord] | None 
         "patient_id": patient_id,
         "user_id": "Practitioner/doc-1",
         "encounter_id": "enc-1",
-        "client_iss": "https://ehr.example.org",
+        "client_iss": ISSUER,
         "client_tenant": None,
         "client_jti": str(uuid.uuid4()),
         "received_at": received_at or datetime.now(UTC),
@@ -58,25 +65,32 @@ def make_call(patient_id: str | None = "pat-1", cards_: list[CardRecord] | None 
         "rules_evaluated": [("calcinosis.phosphate.high", "1.0.0")],
         "cards": cards_ if cards_ is not None else [make_card()],
         "error": None,
+        "fhir_server": TENANT.fhir_server,
+        "tenant_key": TENANT.key,
     }
     values.update(extra)
     return HookCallRecord(**values)
 
 
 def make_feedback(card_uuid: str, outcome: str = "overridden", *, when: datetime | None = None,
-                  code: str | None = "not-relevant", service_id: str = "calcinosis-patient-view"
-                  ) -> FeedbackRecord:
-    """A feedback item for ``card_uuid``."""
+                  code: str | None = "not-relevant", service_id: str = "calcinosis-patient-view",
+                  comment: str | None = None, client_iss: str | None = ISSUER, client_tenant: str | None = None,
+                  received_at: datetime | None = None) -> FeedbackRecord:
+    """A feedback item for ``card_uuid`` from make_call's client, received at ``received_at`` (default: ``when``,
+    as if the EHR's clock agreed with the server's)."""
     return FeedbackRecord(
         service_id=service_id,
         card_uuid=card_uuid,
         outcome=outcome,
         accepted_suggestions=[] if outcome == "overridden" else [str(uuid.uuid4())],
         override_code=code if outcome == "overridden" else None,
-        override_system="https://example.org/override-reasons" if outcome == "overridden" else None,
+        override_system=REASON_SYSTEM if outcome == "overridden" else None,
         override_display="Not relevant for this patient" if outcome == "overridden" and code else None,
-        override_comment=None,
+        override_comment=comment,
         outcome_timestamp=when or datetime.now(UTC),
+        client_iss=client_iss,
+        client_tenant=client_tenant,
+        received_at=received_at or when,
     )
 
 

@@ -30,7 +30,8 @@ def _auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-ROUTES = ["/admin/audit/calls", "/admin/audit/cards", "/admin/audit/export?format=ndjson", "/admin/audit/stats"]
+ROUTES = ["/admin/audit/calls", "/admin/audit/cards", "/admin/audit/export?format=ndjson",
+          "/admin/audit/export/calls?format=ndjson", "/admin/audit/stats"]
 
 
 @pytest.mark.parametrize("path", ROUTES)
@@ -88,7 +89,8 @@ def test_queries_with_the_right_token(database: Database, audit: AuditLog) -> No
 
 
 @pytest.mark.parametrize("query", ["/admin/audit/cards?since=not-a-date", "/admin/audit/calls?limit=0",
-                                   "/admin/audit/calls?limit=abc", "/admin/audit/export?format=xml"])
+                                   "/admin/audit/calls?limit=abc", "/admin/audit/export?format=xml",
+                                   "/admin/audit/export/calls?format=xml"])
 def test_bad_parameters_are_400_operation_outcomes(database: Database, audit: AuditLog, query: str) -> None:
     response = _app(database, audit).test_client().get(query, headers=_auth())
     assert response.status_code == 400

@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cds_service.alert_policy import apply_alert_policy
+from cds_service.alert_policy import CallScope, apply_alert_policy
 from cds_service.audit import AuditLog
 from cds_service.config import load_settings
 from tests.audit.conftest import Database
-from tests.audit.factories import capture_driver_statements, make_call, make_card, make_feedback
+from tests.audit.factories import TENANT, capture_driver_statements, make_call, make_card, make_feedback
 
 RULE_A, RULE_B, RULE_C = "calcinosis.phosphate.high", "calcinosis.ckd.product", "calcinosis.iv.calcium"
 DRAFT_1, DRAFT_2 = "MedicationRequest/draft-1", "MedicationRequest/draft-2"
@@ -32,14 +32,14 @@ def test_several_rules_and_orders_are_answered_at_once(audit: AuditLog) -> None:
     audit.record_hook_call(make_call("pat-1", [repeat, other_draft], hook="order-select",
                                      received_at=now - timedelta(minutes=1)))
 
-    history = audit.alert_history("pat-1", [RULE_A, RULE_B, RULE_C], now - timedelta(hours=24),
+    history = audit.alert_history(TENANT.key, "pat-1", [RULE_A, RULE_B, RULE_C], now - timedelta(hours=24),
                                   [(RULE_C, DRAFT_1), (RULE_A, DRAFT_2), (RULE_A, DRAFT_1)],
                                   now - timedelta(minutes=30))
     assert history.overridden == {RULE_A}  # RULE_C was overridden for another patient only
     assert history.first_alerts == {(RULE_C, DRAFT_1): first.card_uuid, (RULE_A, DRAFT_2): other_draft.card_uuid}
 
-    assert audit.alert_history("pat-1", [RULE_A], now - timedelta(hours=1), [], None).overridden == set()
-    assert audit.alert_history("pat-1", [], None, [(RULE_C, DRAFT_1)],
+    assert audit.alert_history(TENANT.key, "pat-1", [RULE_A], now - timedelta(hours=1), [], None).overridden == set()
+    assert audit.alert_history(TENANT.key, "pat-1", [], None, [(RULE_C, DRAFT_1)],
                                now - timedelta(seconds=30)).first_alerts == {}
 
 
@@ -60,7 +60,8 @@ def test_the_policy_reads_the_log_once_per_call_however_many_cards(audit: AuditL
     statements = capture_driver_statements(audit, database.backend, monkeypatch)
     cards = [Assessed(rule, DRAFT_1) for rule in (RULE_A, RULE_B, RULE_C)]
     shown, records = apply_alert_policy(cards, hook="order-select", patient_id="pat-9", now=now,
-                                        settings=load_settings({}), audit=audit)
+                                        settings=load_settings({}), audit=audit,
+                                        scope=CallScope(TENANT.key, "Practitioner/doc-1"))
     assert len(shown) == 3
     assert [r.disposition for r in records] == ["shown"] * 3
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
@@ -88,7 +89,7 @@ def test_the_newest_shown_card_of_a_draft_decides_its_series(audit: AuditLog) ->
     audit.record_hook_call(make_call("pat-5", [suppressed], hook="order-select",
                                      received_at=now - timedelta(minutes=1)))
 
-    history = audit.alert_history("pat-5", [], None, [(RULE_C, DRAFT_1)], now - timedelta(minutes=30))
+    history = audit.alert_history(TENANT.key, "pat-5", [], None, [(RULE_C, DRAFT_1)], now - timedelta(minutes=30))
     assert history.first_alerts == {(RULE_C, DRAFT_1): new_series.card_uuid}
-    assert audit.alert_history("pat-5", [], None, [(RULE_C, DRAFT_1)],
+    assert audit.alert_history(TENANT.key, "pat-5", [], None, [(RULE_C, DRAFT_1)],
                                now - timedelta(minutes=2)).first_alerts == {}

@@ -22,8 +22,8 @@ from cds_service.audit.integrity import verify_chain
 from cds_service.audit.records import SpooledCall, call_from_json, call_to_json
 from cds_service.audit.schema import calls, cards
 from cds_service.audit.spool import STALE_TMP_SECONDS, Spool
-from tests.audit.conftest import Database, require_postgres
-from tests.audit.factories import SECRET_LAB_VALUE, engine_for, make_call, make_card, make_feedback
+from tests.audit.conftest import TEST_KEYRING, Database, require_postgres
+from tests.audit.factories import SECRET_LAB_VALUE, TENANT, engine_for, make_call, make_card, make_feedback
 from tests.audit.pgproxy import TcpProxy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def test_outage_spools_then_replays_without_loss(open_audit: Callable[..., Audit
     with pytest.raises(AuditUnavailable):
         audit.record_feedback([make_feedback(before[0].cards[0].card_uuid)])
     with pytest.raises(AuditUnavailable):
-        audit.alert_history("pat-1", ["calcinosis.phosphate.high"], before[0].received_at, [], None)
+        audit.alert_history(TENANT.key, "pat-1", ["calcinosis.phosphate.high"], before[0].received_at, [], None)
     assert audit.ping() is False
 
     outage.end()
@@ -137,7 +137,7 @@ def test_outage_spools_then_replays_without_loss(open_audit: Callable[..., Audit
     expected = sorted(record.hook_instance for record in [*before, *during, after])
     assert sorted(_stored_instances(database.url)) == expected
     engine = engine_for(database.url)
-    assert verify_chain(engine).ok
+    assert verify_chain(engine, TEST_KEYRING).ok
     engine.dispose()
     # The feedback refused during the outage succeeds on the EHR's retry.
     audit.record_feedback([make_feedback(before[0].cards[0].card_uuid)])
@@ -226,7 +226,7 @@ def test_concurrent_writers_through_an_outage_lose_nothing(open_audit: Callable[
     engine = engine_for(database.url)
     with engine.connect() as connection:
         assert connection.execute(select(cards.c.id)).all().__len__() == 2 * len(written)
-    result = verify_chain(engine)
+    result = verify_chain(engine, TEST_KEYRING)
     assert result.ok, result.message
     engine.dispose()
 

@@ -16,7 +16,7 @@ from cds_service.audit import AuditLog
 from cds_service.audit.integrity import purge_before, verify_chain
 from cds_service.audit.schema import calls, cards, checkpoints, feedback
 from cds_service.cli import main
-from tests.audit.conftest import Database
+from tests.audit.conftest import CHAIN_KEY_ENV, TEST_KEYRING, Database
 from tests.audit.factories import engine_for, execute, make_call, make_card, make_feedback
 
 RULE_A = "calcinosis.phosphate.high"
@@ -26,7 +26,7 @@ T0 = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
 
 def _cli(database: Database, *args: str) -> Result:
     return CliRunner().invoke(main, list(args), env={
-        "CDS_DATABASE_URL": database.url, "CDS_DATA_DIR": str(database.data_dir)})
+        **CHAIN_KEY_ENV, "CDS_DATABASE_URL": database.url, "CDS_DATA_DIR": str(database.data_dir)})
 
 
 @pytest.fixture
@@ -117,7 +117,7 @@ def test_export_fhir_bundle_parses_with_fhir_resources(database: Database, scena
 def test_stats(database: Database, scenario: dict[str, str]) -> None:
     result = _cli(database, "audit", "stats", "--json")
     assert result.exit_code == 0, result.output
-    report = {row["rule_id"]: row for row in json.loads(result.stdout)}
+    report = {row["rule_id"]: row for row in json.loads(result.stdout)["rules"]}
     rule_a = report[RULE_A]
     assert rule_a["cards_issued"] == 4  # a1, a2, a3, the order alert; its repeat is counted once
     assert rule_a["repeats"] == 1
@@ -131,7 +131,7 @@ def test_stats(database: Database, scenario: dict[str, str]) -> None:
     assert report[RULE_B]["silent"] == 1
     assert report[RULE_B]["cards_issued"] == 0
     later = json.loads(_cli(database, "audit", "stats", "--json", "--since", "2025-06-01T10:30:00Z").stdout)
-    assert {row["rule_id"]: row["cards_issued"] for row in later} == {RULE_A: 1}
+    assert {row["rule_id"]: row["cards_issued"] for row in later["rules"]} == {RULE_A: 1}
     table = _cli(database, "audit", "stats")
     assert RULE_A in table.output
     assert "override reason: Not relevant for this patient x2" in table.output
@@ -172,20 +172,20 @@ def test_repeated_purges_and_purging_everything(database: Database, audit: Audit
     for _ in range(2):
         audit.record_hook_call(make_call())
     engine = engine_for(database.url)
-    first = purge_before(engine, datetime.now(UTC) + timedelta(days=1))
+    first = purge_before(engine, datetime.now(UTC) + timedelta(days=1), TEST_KEYRING.current)
     assert first.counts["calls"] == 2
-    assert verify_chain(engine).ok
+    assert verify_chain(engine, TEST_KEYRING).ok
     audit.record_hook_call(make_call())
-    second = purge_before(engine, datetime.now(UTC) + timedelta(days=1))
-    assert second.counts == {"feedback": 0, "cards": 1, "calls": 1, "checkpoints": 1}
-    result = verify_chain(engine)
+    second = purge_before(engine, datetime.now(UTC) + timedelta(days=1), TEST_KEYRING.current)
+    assert second.counts == {"feedback": 0, "cards": 1, "calls": 1, "checkpoints": 1, "anchors": 0}
+    result = verify_chain(engine, TEST_KEYRING)
     assert result.ok, result.message
     with engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(checkpoints)).scalar_one() == 1
         assert connection.execute(select(func.count()).select_from(cards)).scalar_one() == 0
-    nothing = purge_before(engine, datetime(2000, 1, 1, tzinfo=UTC))
+    nothing = purge_before(engine, datetime(2000, 1, 1, tzinfo=UTC), TEST_KEYRING.current)
     assert nothing.purged_through_id is None
-    assert verify_chain(engine).ok
+    assert verify_chain(engine, TEST_KEYRING).ok
     engine.dispose()
 
 

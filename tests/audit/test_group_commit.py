@@ -23,7 +23,7 @@ from cds_service.audit.group_commit import GroupCommit, GroupCommitTimeout
 from cds_service.audit.integrity import verify_chain
 from cds_service.audit.records import HookCallRecord
 from cds_service.audit.schema import calls
-from tests.audit.conftest import Database
+from tests.audit.conftest import TEST_KEYRING, Database
 from tests.audit.factories import capture_driver_statements, make_call, make_card
 
 
@@ -217,7 +217,7 @@ def test_hook_calls_waiting_for_the_chain_lock_are_committed_together(
     with audit.engine.connect() as connection:
         stored = set(connection.execute(select(calls.c.hook_instance)).scalars())
     assert {record.hook_instance for record in records} <= stored
-    result = verify_chain(audit.engine)
+    result = verify_chain(audit.engine, TEST_KEYRING)
     assert result.ok, result.message
     assert result.records_checked == 2 + 5 * 3
 
@@ -245,4 +245,4 @@ def test_a_record_the_database_refuses_is_spooled_alone(audit: AuditLog, databas
     assert good.hook_instance in stored
     assert (bad.hook_instance in stored) != (clash.hook_instance in stored)  # the first of the two wins
     assert audit.spool_depth() == 1  # the other one waits in the spool (and is quarantined on replay)
-    assert verify_chain(audit.engine).ok
+    assert verify_chain(audit.engine, TEST_KEYRING).ok

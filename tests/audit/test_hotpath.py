@@ -1,8 +1,8 @@
-"""The hot path (prepared SQL on the DB-API connection, issue #7) stores exactly what the Core path stored.
+"""The hot path (prepared SQL on the DB-API connection, issue #7) stores exactly what SQLAlchemy Core would.
 
-Rows written by ``AuditLog.record_hook_call`` are compared byte for byte with the rows the previous
-implementation (SQLAlchemy Core + ``ChainAppender``) writes for the same record in a second database, read
-back through the Core tables, and verified in chains that mix both writers. Also: stale pooled PostgreSQL
+Rows written by ``AuditLog.record_hook_call`` (through the chain's one writer, issue 15 item 6) are compared
+byte for byte with the same values inserted through SQLAlchemy Core into a second database, and read back
+through the Core tables. Also: stale pooled PostgreSQL
 connections after a restart are retried instead of spooled (there is no ``pool_pre_ping`` any more), and
 SQLite writers queue on the kernel lock beside the database.
 """
@@ -10,11 +10,11 @@ SQLite writers queue on the kernel lock beside the database.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -25,20 +25,14 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from cds_service.audit import AuditLog, store
-from cds_service.audit.chain import (
-    CHAIN_LOCK_KEY,
-    ChainAppender,
-    canonical_json,
-    json_safe,
-    link_hash,
-    link_hash_plain,
-)
-from cds_service.audit.db import WRITE_OPTION, is_postgres
+from cds_service.audit.chain import canonical_json, json_safe
+from cds_service.audit.db import is_postgres
 from cds_service.audit.integrity import verify_chain
-from cds_service.audit.records import HookCallRecord, as_utc
+from cds_service.audit.legacy_chain import legacy_link_hash
+from cds_service.audit.records import HookCallRecord, SpooledCall
 from cds_service.audit.schema import calls, cards
-from tests.audit.conftest import PG_URL, Database, _create_pg_database, _drop_pg_database
-from tests.audit.factories import capture_driver_statements, make_call, make_card, make_feedback
+from tests.audit.conftest import PG_URL, TEST_KEYRING, Database, _create_pg_database, _drop_pg_database
+from tests.audit.factories import TENANT, capture_driver_statements, make_call, make_card, make_feedback
 from tests.audit.pgproxy import TcpProxy
 
 
@@ -66,47 +60,20 @@ def _tricky_call() -> HookCallRecord:
     )
 
 
-def _store_via_core(engine: Engine, record_uuid: str, record: HookCallRecord, recorded_at: datetime) -> None:
-    """What ``AuditLog._store_call`` did before the hot path (SQLAlchemy Core + ChainAppender), verbatim."""
-    with engine.connect() as connection:
-        connection.execution_options(**{WRITE_OPTION: True})
-        with connection.begin():
-            if is_postgres(engine):
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
-            chain = ChainAppender(connection, recorded_at)
-            call_id = chain.append("calls", {
-                "record_uuid": record_uuid,
-                "hook_instance": record.hook_instance,
-                "service_id": record.service_id,
-                "hook": record.hook,
-                "patient_id": record.patient_id,
-                "user_id": record.user_id,
-                "encounter_id": record.encounter_id,
-                "client_iss": record.client_iss,
-                "client_tenant": record.client_tenant,
-                "client_jti": record.client_jti,
-                "received_at": as_utc(record.received_at),
-                "duration_ms": float(record.duration_ms),
-                "http_status": int(record.http_status),
-                "data_sources": json_safe(record.data_sources),
-                "skipped_resources": json_safe(record.skipped_resources),
-                "rules_evaluated": json_safe(record.rules_evaluated),
-                "error": record.error,
-            })
-            chain.append_many("cards", [{
-                "call_id": call_id,
-                "card_uuid": card.card_uuid,
-                "rule_id": card.rule_id,
-                "rule_version": card.rule_version,
-                "indicator": card.indicator,
-                "summary": card.summary,
-                "evidence": json_safe(card.evidence),
-                "suggestion_uuids": json_safe(card.suggestion_uuids),
-                "disposition": card.disposition,
-                "order_key": card.order_key,
-                "repeat_of": card.repeat_of,
-            } for card in record.cards])
-            chain.finish()
+def _store_via_core(engine: Engine, record: HookCallRecord, stored: dict[str, list[dict[str, Any]]]) -> None:
+    """The values the service builds for ``record`` (store._call_rows), inserted through SQLAlchemy Core, with
+    the chain columns the writer gave them (``stored``: the rows read back from the hot path's database)."""
+    call_row = stored["calls"][0]
+    rows = store._call_rows(SpooledCall(record_uuid=call_row["record_uuid"], record=record))
+    chain_columns = ("id", "recorded_at", "key_id", "record_hash")
+    with engine.begin() as connection:
+        connection.execute(calls.insert().values(**rows.call, **{name: call_row[name] for name in chain_columns}))
+        for values, card_row in zip(rows.cards, stored["cards"], strict=True):
+            connection.execute(cards.insert().values(**values, call_id=call_row["id"],
+                                                     **{name: card_row[name] for name in chain_columns}))
+        last = stored["cards"][-1] if stored["cards"] else call_row
+        connection.execute(text("UPDATE chain_head SET last_seq = :seq, last_hash = :hash WHERE id = 1"),
+                           {"seq": last["id"], "hash": last["record_hash"]})
 
 
 def _raw_rows(engine: Engine, table: str) -> list[Any]:
@@ -159,29 +126,28 @@ def test_hot_path_rows_are_byte_identical_to_the_core_path(
     assert card_rows[1]["repeat_of"] == record.cards[0].card_uuid
     assert card_rows[1]["suggestion_uuids"] == []
 
-    # The previous implementation, same record, same uuid and write time, in an empty database of its own.
+    assert call_row["key_id"] == TEST_KEYRING.current.key_id
+    assert all(row["key_id"] == TEST_KEYRING.current.key_id for row in card_rows)
+
+    # The same values through SQLAlchemy Core, in an empty database of its own: stored byte for byte alike.
     core = open_audit(second_database.url, data_dir=str(second_database.data_dir))
-    _store_via_core(core.engine, call_row["record_uuid"], record, call_row["recorded_at"])
+    _store_via_core(core.engine, record, {"calls": [dict(call_row)], "cards": [dict(row) for row in card_rows]})
     for table in ("calls", "cards", "chain_head"):
         assert _raw_rows(hot.engine, table) == _raw_rows(core.engine, table), table
-
-    # Chains that mix both writers verify: Core after hot path, hot path after Core.
-    _store_via_core(hot.engine, str(uuid.uuid4()), make_call(), datetime.now(UTC))
-    core.record_hook_call(make_call("pat-2", [make_card(), make_card()]))
-    for audit, records in ((hot, 3 + 2), (core, 3 + 3)):
-        result = verify_chain(audit.engine)
+    for audit in (hot, core):
+        result = verify_chain(audit.engine, TEST_KEYRING)
         assert result.ok, result.message
-        assert result.records_checked == records
+        assert result.records_checked == 3
 
 
 def test_tampering_with_a_hot_path_row_is_still_detected(audit: AuditLog) -> None:
     record = _tricky_call()
     audit.record_hook_call(record)
-    assert verify_chain(audit.engine).ok
+    assert verify_chain(audit.engine, TEST_KEYRING).ok
     with audit.engine.begin() as connection:
         connection.execute(cards.update().where(cards.c.card_uuid == record.cards[0].card_uuid)
                            .values(summary="changed"))
-    result = verify_chain(audit.engine)
+    result = verify_chain(audit.engine, TEST_KEYRING)
     assert not result.ok
     assert result.table == "cards"
     assert "hash mismatch" in result.message
@@ -193,18 +159,24 @@ def test_tampering_with_a_hot_path_row_is_still_detected(audit: AuditLog) -> Non
     {"nested": [{"when": datetime(2025, 1, 1, tzinfo=UTC)}, (1, 2)], 5: float("nan"), "d": Decimal("2.50")},
     [],
 ])
-def test_plain_link_hash_equals_link_hash_for_json_safe_content(value: Any) -> None:
-    content = {
-        "id": 7,
-        "received_at": datetime(2025, 6, 15, 17, 45, 1, 123456, tzinfo=timezone(timedelta(hours=2))),
-        "recorded_at": datetime(2025, 6, 15, 12, 0, 0, tzinfo=UTC).replace(tzinfo=None),  # naive = UTC
-        "payload": json_safe(value),
-        "missing": None,
-        "duration_ms": 12.345678901234567,
+def test_legacy_rows_hashed_with_the_old_normalising_walk_still_verify(value: Any) -> None:
+    """Rows written before the chain was keyed were hashed as SHA-256 of ``canonical_json`` (a recursive
+    normalising walk) over the columns of revision 0002; verification rebuilds the same bytes without the walk
+    for ``json_safe`` content, and ignores columns added later (NULL in those rows)."""
+    row = {
+        "id": 7, "call_id": 6, "card_uuid": "c-1", "rule_id": "caxp-high", "rule_version": "0.1.0",
+        "indicator": "warning", "summary": "Ca × P 😀", "evidence": json_safe(value),
+        "suggestion_uuids": [], "disposition": "shown", "order_key": None, "repeat_of": None,
+        "recorded_at": datetime(2025, 6, 15, 17, 45, 1, 123456, tzinfo=timezone(timedelta(hours=2))),
     }
     previous = "ab" * 32
-    assert link_hash_plain("cards", content, previous) == link_hash("cards", content, previous)
-    assert "NaN" not in canonical_json(content)  # json_safe turned the NaN into text
+    old_hash = hashlib.sha256(canonical_json({"table": "cards", "row": row, "prev": previous})
+                              .encode("utf-8")).hexdigest()
+    read_back = dict(row, recorded_at=row["recorded_at"].astimezone(UTC), evidence_fingerprint=None,
+                     override_codes=None, key_id=None, record_hash=old_hash)
+    assert legacy_link_hash("cards", read_back, previous) == old_hash
+    assert legacy_link_hash("cards", dict(read_back, indicator="info"), previous) != old_hash
+    assert "NaN" not in canonical_json(row)  # json_safe turned the NaN into text
 
 
 def test_policy_reads_are_at_most_two_selects_on_the_driver(audit: AuditLog, database: Database,
@@ -214,7 +186,7 @@ def test_policy_reads_are_at_most_two_selects_on_the_driver(audit: AuditLog, dat
     audit.record_hook_call(make_call("pat-9", [make_card("rule-a", order_key="MedicationRequest/d1")],
                                      hook="order-select"))
     statements = capture_driver_statements(audit, database.backend, monkeypatch)
-    history = audit.alert_history("pat-9", ["rule-a", "rule-b", "rule-c"], now - timedelta(hours=24),
+    history = audit.alert_history(TENANT.key, "pat-9", ["rule-a", "rule-b", "rule-c"], now - timedelta(hours=24),
                                   [("rule-a", "MedicationRequest/d1"), ("rule-b", "MedicationRequest/d1")],
                                   now - timedelta(minutes=30))
     assert set(history.first_alerts) == {("rule-a", "MedicationRequest/d1")}
@@ -236,7 +208,7 @@ def test_one_write_transaction_per_hook_call(audit: AuditLog, database: Database
         combined = [s for s in statements if "INSERT INTO calls" in s and "INSERT INTO cards" in s]
         assert len(combined) == 1, statements
         assert "UPDATE chain_head" in combined[0]
-    assert verify_chain(audit.engine).ok
+    assert verify_chain(audit.engine, TEST_KEYRING).ok
 
 
 def test_a_call_with_very_many_cards_is_stored_too(audit: AuditLog) -> None:
@@ -244,7 +216,7 @@ def test_a_call_with_very_many_cards_is_stored_too(audit: AuditLog) -> None:
     for count in (0, 1, 150):
         audit.record_hook_call(make_call(f"pat-{count}", [make_card() for _ in range(count)]))
     assert audit.spool_depth() == 0
-    result = verify_chain(audit.engine)
+    result = verify_chain(audit.engine, TEST_KEYRING)
     assert result.ok, result.message
     assert result.records_checked == 3 + 0 + 1 + 150
 
@@ -275,16 +247,16 @@ def test_after_a_postgres_restart_stale_connections_are_replaced_not_spooled(
         audit.record_hook_call(second)  # a stale connection fails, a fresh one stores it
         assert audit.spool_depth() == 0
         now = datetime.now(UTC)
-        assert audit.alert_history("pat-r", ["calcinosis.phosphate.high"], now - timedelta(hours=1),
+        assert audit.alert_history(TENANT.key, "pat-r", ["calcinosis.phosphate.high"], now - timedelta(hours=1),
                                    [], None).overridden == frozenset()
         audit.record_feedback([make_feedback(first.cards[0].card_uuid)])  # Core path: one retry too
         assert audit.ping()
-        assert audit.alert_history("pat-r", ["calcinosis.phosphate.high"], now - timedelta(hours=1),
+        assert audit.alert_history(TENANT.key, "pat-r", ["calcinosis.phosphate.high"], now - timedelta(hours=1),
                                    [], None).overridden == {"calcinosis.phosphate.high"}
         with audit.engine.connect() as connection:
             stored = set(connection.execute(select(calls.c.hook_instance)).scalars())
         assert stored == {first.hook_instance, second.hook_instance}
-        assert verify_chain(audit.engine).ok
+        assert verify_chain(audit.engine, TEST_KEYRING).ok
     finally:
         proxy.stop()
 
@@ -308,7 +280,7 @@ def test_a_database_that_stays_down_still_spools(database: Database, open_audit:
         time.sleep(0.1)
         audit.replay_spool()
         assert audit.spool_depth() == 0
-        assert verify_chain(audit.engine).records_checked == 4
+        assert verify_chain(audit.engine, TEST_KEYRING).records_checked == 4
     finally:
         proxy.stop()
 
@@ -342,4 +314,4 @@ def test_sqlite_writers_wait_on_the_kernel_lock_beside_the_database(database: Da
     with audit.engine.connect() as connection:
         assert record.hook_instance in set(connection.execute(select(calls.c.hook_instance)).scalars())
     assert audit.spool_depth() == 0
-    assert verify_chain(audit.engine).ok
+    assert verify_chain(audit.engine, TEST_KEYRING).ok

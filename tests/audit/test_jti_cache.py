@@ -31,8 +31,10 @@ import sys, time
 from datetime import UTC, datetime, timedelta
 from cds_service.audit import AuditLog
 from cds_service.config import load_settings
+from tests.audit.conftest import TEST_CHAIN_KEY
 
-audit = AuditLog.open(load_settings({}, data_dir=sys.argv[2], database_url=sys.argv[1]), create_schema=True)
+audit = AuditLog.open(load_settings({}, data_dir=sys.argv[2], database_url=sys.argv[1],
+                                 audit_chain_key=TEST_CHAIN_KEY), create_schema=True)
 print(audit.remember_jti("https://ehr.example.org", sys.argv[3], datetime.now(UTC) + timedelta(minutes=5)),
       flush=True)
 time.sleep(60)  # killed here, never closed

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from cds_service.audit import AuditLog
 from cds_service.audit.integrity import verify_chain
 from cds_service.audit.schema import calls, cards, feedback
-from tests.audit.conftest import Database
-from tests.audit.factories import count, engine_for, make_call, make_card, make_feedback
+from tests.audit.conftest import TEST_KEYRING, Database
+from tests.audit.factories import TENANT, count, engine_for, make_call, make_card, make_feedback
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ def test_hook_call_and_cards_are_stored_with_provenance(audit: AuditLog, databas
     assert stored_cards[0]["evidence"] == card.evidence
     assert stored_cards[0]["order_key"] == "MedicationRequest/mr-1"
     assert stored_cards[0]["suggestion_uuids"] == card.suggestion_uuids
-    assert verify_chain(engine).ok
+    assert verify_chain(engine, TEST_KEYRING).ok
     engine.dispose()
 
 
@@ -68,7 +68,7 @@ def test_feedback_joins_its_card_and_duplicates_are_stored_once(audit: AuditLog,
         (record.cards[0].card_uuid, True, "calcinosis.phosphate.high"),
         ("no-such-card", False, None),
     ]
-    assert verify_chain(engine).ok
+    assert verify_chain(engine, TEST_KEYRING).ok
     engine.dispose()
 
 
@@ -84,11 +84,12 @@ def test_a_changed_feedback_item_is_a_new_item(audit: AuditLog, database: Databa
 
 
 def _first_alert(audit: AuditLog, patient: str, rule: str, order_key: str, since: datetime) -> str | None:
-    return audit.alert_history(patient, [], None, [(rule, order_key)], since).first_alerts.get((rule, order_key))
+    history = audit.alert_history(TENANT.key, patient, [], None, [(rule, order_key)], since)
+    return history.first_alerts.get((rule, order_key))
 
 
 def _overridden(audit: AuditLog, patient: str, rule: str, since: datetime) -> bool:
-    return rule in audit.alert_history(patient, [rule], since, [], None).overridden
+    return rule in audit.alert_history(TENANT.key, patient, [rule], since, [], None).overridden
 
 
 def test_recently_overridden_and_order_alert_lookup(audit: AuditLog) -> None:
@@ -201,7 +202,7 @@ def _assert_exactly_stored(database: Database, written: list[tuple[str, list[str
     call_by_instance = {row.hook_instance: row.id for row in stored_calls}
     expected_cards = {card: call_by_instance[hook] for hook, card_uuids in written for card in card_uuids}
     assert {row.card_uuid: row.call_id for row in stored_cards} == expected_cards
-    result = verify_chain(engine)
+    result = verify_chain(engine, TEST_KEYRING)
     assert result.ok, result.message
     assert result.records_checked == len(stored_calls) + len(stored_cards)
     engine.dispose()

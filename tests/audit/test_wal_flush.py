@@ -17,12 +17,13 @@ from cds_service.audit.integrity import verify_chain
 from cds_service.audit.schema import calls
 from cds_service.audit.spool import Spool
 from cds_service.config import load_settings
+from tests.audit.conftest import TEST_CHAIN_KEY, TEST_KEYRING
 from tests.audit.factories import engine_for, make_call, make_card
 
 
 @pytest.fixture
 def sqlite_audit(tmp_path: Path) -> Iterator[AuditLog]:
-    settings = load_settings({}, data_dir=str(tmp_path / "data"),
+    settings = load_settings({}, data_dir=str(tmp_path / "data"), audit_chain_key=TEST_CHAIN_KEY,
                              database_url=f"sqlite:///{tmp_path / 'db' / 'audit.sqlite3'}")
     audit = AuditLog.open(settings, create_schema=True)
     yield audit
@@ -115,6 +116,6 @@ def test_a_failed_flush_is_not_acknowledged_the_record_is_spooled_and_stored_onc
     try:
         with engine.connect() as connection:
             assert connection.execute(select(calls.c.hook_instance)).scalars().all() == [record.hook_instance]
-        assert verify_chain(engine).ok
+        assert verify_chain(engine, TEST_KEYRING).ok
     finally:
         engine.dispose()

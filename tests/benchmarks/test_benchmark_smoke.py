@@ -40,5 +40,11 @@ def test_benchmark_smoke_prints_the_table() -> None:
         assert re.fullmatch(r"\d+%", cells[5])  # ratio to the floor
         assert cells[6] == "0", name  # no errors
         assert int(cells[7]) >= 1  # the typical dialysis record raises cards
+    # Issue 16 item 1: the adversarial record (500 Ca x 500 P x 2,000 dialysis sessions) is measured and answered.
+    cells = [cell.strip() for cell in rows["adversarial: 500 Ca x 500 P x 2,000 dialysis sessions @2"]
+             .strip("|").split("|")]
+    assert float(cells[3]) < 2000, cells   # p50 ms: well under 2 s (was 19 s of CPU)
+    assert cells[6] == "0"
+    assert "adversarial record (500 Ca x 500 P x 2,000 sessions) well under 2 s" in done.stdout
     assert "Reproduce: `python benchmarks/run.py --smoke`" in done.stdout
     assert "Machine: nproc" in done.stdout

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 import pytest
 import responses
@@ -276,10 +276,13 @@ def test_revision_2_codes_are_advertised(discovery: list[dict[str, Any]]) -> Non
 
 def test_every_advertised_query_fits_a_conservative_url_limit(discovery: list[dict[str, Any]]) -> None:
     """IIS refuses a query string over 2,048 bytes by default; each query, with a 64-character patient id and
-    every "|" percent-encoded, stays within MAX_QUERY_CHARS, and the full URL on a typical base within 2 KB."""
+    every query value percent-encoded as the service sends it (issue 16 item 4: ":" "/" "|" as %XX), stays
+    within MAX_QUERY_CHARS, and the full URL on a typical base within 2 KB."""
     for service in discovery:
         for key, template in service["prefetch"].items():
-            relative = template.replace("{{context.patientId}}", PATIENT_ID).replace("|", "%7C")
+            path, _, query = template.replace("{{context.patientId}}", PATIENT_ID).partition("?")
+            pairs = [pair.split("=", 1) for pair in query.split("&") if pair]
+            relative = path + "?" + "&".join(f"{name}={quote(value, safe=',')}" for name, value in pairs)
             assert len(relative) <= MAX_QUERY_CHARS, (key, len(relative))
             assert len(f"{FHIR}/{relative}") <= 2048, key
 
@@ -304,7 +307,7 @@ def test_packing_splits_long_code_lists_without_losing_or_reordering_codes() -> 
     room = 400
     chunks = _pack(groups, room)
     assert [t for chunk in chunks for t in chunk] == [t for group in groups for t in group]
-    assert all(len(",".join(chunk).replace("|", "%7C")) <= room for chunk in chunks)
+    assert all(len(",".join(quote(t, safe="") for t in chunk)) <= room for chunk in chunks)
     assert len(chunks) > 2
     small = groups[2]  # 3 codes: never split across two chunks
     assert any(all(t in chunk for t in small) for chunk in chunks)

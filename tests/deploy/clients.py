@@ -55,6 +55,15 @@ class CdsClient:
                              headers={"Authorization": f"Bearer {self.token(path)}"}, timeout=30)
 
 
+    def dismiss(self, base_url: str, card_uuid: str, *, service: str = PATIENT_VIEW) -> requests.Response:
+        """Feedback as the CDS Hooks sandbox's "Dismiss" sends it: overridden, no reason (issue 15)."""
+        path = f"/cds-services/{service}/feedback"
+        body = {"feedback": [{"card": card_uuid, "outcome": "overridden",
+                              "outcomeTimestamp": datetime.now(UTC).isoformat()}]}
+        return requests.post(base_url + path, json=body,
+                             headers={"Authorization": f"Bearer {self.token(path)}"}, timeout=30)
+
+
 def rule_of(card: dict[str, Any]) -> str:
     """The rule id a card came from (source.topic.code)."""
     return str(card["source"]["topic"]["code"])

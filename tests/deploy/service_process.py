@@ -1,4 +1,4 @@
-"""Run the service the way the container does -- gunicorn with cds_service.gunicorn_conf -- as a subprocess.
+"""Run the service the way the container does -- ``calcinosis-cds serve`` (granian workers) -- as a subprocess.
 
 Each instance binds 127.0.0.1 on a free port chosen at run time, has its own data directory (spool) and its
 own Prometheus multiprocess directory, writes stdout+stderr to a log file, and is stopped with SIGTERM.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,7 +22,10 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
-GUNICORN_ARGS = ["-m", "gunicorn", "--config", "python:cds_service.gunicorn_conf", "cds_service:create_app()"]
+# The container's entry point runs exactly this command (deploy/docker-entrypoint.sh).
+SERVE_ARGS = ["-m", "cds_service.cli", "serve"]
+# The audit chain's HMAC key (required outside --dev): one random key per test session.
+AUDIT_CHAIN_KEY = secrets.token_hex(32)
 
 
 def free_port() -> int:
@@ -35,13 +39,14 @@ def base_environment(**overrides: str) -> dict[str, str]:
     """The caller's environment without any CDS_* / metrics variables, plus ``overrides``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDS_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env["PYTHONPATH"] = str(REPO)
+    env["CDS_AUDIT_CHAIN_KEY"] = AUDIT_CHAIN_KEY
     env.update(overrides)
     return env
 
 
 @dataclass
 class ServiceProcess:
-    """One running gunicorn master with its workers."""
+    """One running server (master process) with its workers."""
 
     name: str
     port: int
@@ -92,8 +97,9 @@ def metric(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
 
 
 def start_service(name: str, workdir: Path, env: dict[str, str], *, workers: int = 2,
-                  ready_path: str = "/readyz", timeout_s: float = 90.0) -> ServiceProcess:
-    """Start gunicorn (``workers`` workers) and wait until ``ready_path`` answers 200."""
+                  ready_path: str = "/readyz", timeout_s: float = 90.0,
+                  args: list[str] | None = None) -> ServiceProcess:
+    """Start ``calcinosis-cds serve`` (``workers`` workers) and wait until ``ready_path`` answers 200."""
     port = free_port()
     data_dir = workdir / f"{name}-data"
     metrics_dir = workdir / f"{name}-metrics"
@@ -101,7 +107,7 @@ def start_service(name: str, workdir: Path, env: dict[str, str], *, workers: int
     full_env = {**env, "CDS_HOST": "127.0.0.1", "CDS_PORT": str(port), "CDS_DATA_DIR": str(data_dir),
                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), "WEB_CONCURRENCY": str(workers)}
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([sys.executable, *GUNICORN_ARGS], cwd=REPO, env=full_env,
+        process = subprocess.Popen([sys.executable, *(args or SERVE_ARGS)], cwd=REPO, env=full_env,
                                    stdout=log_file, stderr=subprocess.STDOUT)
     service = ServiceProcess(name, port, process, log_path, metrics_dir)
     deadline = time.monotonic() + timeout_s
@@ -137,3 +143,19 @@ def json_log_records(text: str) -> list[dict[str, Any]]:
         assert isinstance(record, dict), f"log line {number} is not a JSON object: {line[:300]}"
         records.append(record)
     return records
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    """The server's worker processes: the master's children that run the service."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == master_pid and b"cds_service" in command:
+            children.append(int(entry.name))
+    return sorted(children)

@@ -2,13 +2,12 @@
 
 The Dockerfile is parsed and its production properties asserted; hadolint lints it when installed (it is in
 the ``test`` extra); the wheel the image installs is built and checked to carry the clinical content; the
-gunicorn settings the entry point uses are checked. The image itself is built and run by
+serving settings the entry point uses are checked. The image itself is built and run by
 ``test_container_run.py`` (issue #14), a separate CI step.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 import shutil
 import subprocess
@@ -136,14 +135,14 @@ def test_no_secret_is_baked_into_the_image(instructions: list[Instruction]) -> N
     assert ignore[0] == "*", ".dockerignore must start by excluding everything"
 
 
-def test_entrypoint_checks_content_then_execs_gunicorn_with_the_app_factory(
-        instructions: list[Instruction]) -> None:
+def test_entrypoint_checks_content_then_execs_the_serve_command(instructions: list[Instruction]) -> None:
     runtime = final_stage(instructions)
     assert [i.arguments for i in runtime if i.keyword == "ENTRYPOINT"] == ['["docker-entrypoint.sh"]']
     assert [i.arguments for i in runtime if i.keyword == "CMD"] == ['["serve"]']
     script = ENTRYPOINT.read_text(encoding="utf-8")
     check = script.index("calcinosis-cds check-content")
-    launch = script.index("exec gunicorn --config python:cds_service.gunicorn_conf 'cds_service:create_app()'")
+    # The same command as outside the container: one serving model, one set of variables (issue 16 item 8).
+    launch = script.index("exec calcinosis-cds serve\n")
     assert check < launch
     assert "set -eu" in script, "a failed content check must stop the container"
     commands = [line for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
@@ -170,8 +169,8 @@ def test_the_wheel_carries_code_content_and_migrations(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("calcinosis_cds-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for required in ("cds_service/gunicorn_conf.py", "cds_service/metrics.py", "cards/templates.toml",
-                     "fhir_mappings/units.toml", "cds_service/audit/migrations/env.py"):
+    for required in ("cds_service/serving.py", "cds_service/buffered_wsgi.py", "cds_service/metrics.py",
+                     "cards/templates.toml", "fhir_mappings/units.toml", "cds_service/audit/migrations/env.py"):
         assert required in names, required
     packaged_valuesets = {n for n in names if n.startswith("fhir_mappings/valuesets/") and n.endswith(".json")}
     on_disk = {f"fhir_mappings/valuesets/{p.name}" for p in (REPO / "fhir_mappings" / "valuesets").glob("*.json")}
@@ -181,33 +180,33 @@ def test_the_wheel_carries_code_content_and_migrations(tmp_path: Path) -> None:
     assert not any(n.startswith("tests/") for n in names)
 
 
-def _gunicorn_conf(monkeypatch: pytest.MonkeyPatch, **env: str) -> object:
-    for name in ("WEB_CONCURRENCY", "GUNICORN_THREADS", "CDS_HOST", "CDS_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    import cds_service.gunicorn_conf as conf
+def test_serving_options_from_the_environment() -> None:
+    from cds_service.serving import ServingOptions, serving_options
 
-    return importlib.reload(conf)
-
-
-def test_gunicorn_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    conf = _gunicorn_conf(monkeypatch, WEB_CONCURRENCY="5", CDS_HOST="0.0.0.0",  # noqa: S104
-                          CDS_PORT="9000")
-    assert conf.workers == 5  # type: ignore[attr-defined]
-    assert conf.worker_class == "gthread"  # type: ignore[attr-defined]
-    assert conf.bind == ["0.0.0.0:9000"]  # type: ignore[attr-defined]
-    assert conf.accesslog is None  # type: ignore[attr-defined]
-    assert 0 < conf.graceful_timeout < 35  # type: ignore[attr-defined]  # below the pod's grace period
-    assert callable(conf.child_exit)  # type: ignore[attr-defined]
-    assert callable(conf.on_starting)  # type: ignore[attr-defined]
+    assert serving_options({}) == ServingOptions(workers=2, threads=2, request_read_timeout_s=20)
+    assert serving_options({"WEB_CONCURRENCY": "5", "CDS_WORKER_THREADS": "3",
+                            "CDS_REQUEST_READ_TIMEOUT_S": "7"}) == ServingOptions(5, 3, 7)
+    # The variable of the gunicorn-based releases is still honoured, the new one wins when both are set.
+    assert serving_options({"GUNICORN_THREADS": "4"}).threads == 4
+    assert serving_options({"GUNICORN_THREADS": "4", "CDS_WORKER_THREADS": "1"}).threads == 1
 
 
-@pytest.mark.parametrize("value", ["two", "0", "-1"])
-def test_bad_web_concurrency_stops_start_up_with_a_message(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    with pytest.raises(SystemExit, match="WEB_CONCURRENCY"):
-        _gunicorn_conf(monkeypatch, WEB_CONCURRENCY=value)
-    _gunicorn_conf(monkeypatch)  # leave a valid module behind for other tests
+@pytest.mark.parametrize(("name", "value"), [("WEB_CONCURRENCY", "two"), ("WEB_CONCURRENCY", "0"),
+                                             ("WEB_CONCURRENCY", "-1"), ("CDS_WORKER_THREADS", "0"),
+                                             ("CDS_REQUEST_READ_TIMEOUT_S", "61")])
+def test_bad_serving_variable_stops_start_up_with_a_message(name: str, value: str) -> None:
+    from cds_service.serving import serving_options
+
+    with pytest.raises(SystemExit, match=name):
+        serving_options({name: value})
+
+
+def test_graceful_timeout_fits_the_pods_grace_period() -> None:
+    from cds_service.serving import GRACEFUL_TIMEOUT_S
+
+    deployment = (REPO / "deploy" / "deployment.yaml").read_text(encoding="utf-8")
+    grace = int(re.search(r"terminationGracePeriodSeconds: (\d+)", deployment).group(1))  # type: ignore[union-attr]
+    assert 0 < GRACEFUL_TIMEOUT_S + 5 < grace  # + the preStop pause
 
 
 def test_check_content_command_passes_on_the_shipped_content() -> None:

@@ -10,7 +10,8 @@ and runs it. The image is then used as production uses it:
   that database by ``calcinosis-cds audit export`` run from the image;
 - the same against the real PostgreSQL after ``calcinosis-cds db upgrade`` run from the image, on a database
   created for this test and dropped afterwards;
-- SIGTERM to the container's main process (gunicorn's master, PID 1 in a pod) stops it cleanly (exit 0);
+- SIGTERM to the container's main process (the ``calcinosis-cds serve`` master, PID 1 in a pod) stops it
+  cleanly (exit 0);
 - the image size is printed.
 
 Deselected from the main suite (``-m "not container"`` in pytest's addopts) so it runs once, in its own step:
@@ -37,7 +38,7 @@ import requests
 
 from tests.deploy.buildah import Buildah, build_image, cache_dir, ensure_base_image, missing_tools
 from tests.deploy.clients import PATIENT_VIEW, CdsClient, new_patient_id, rule_of
-from tests.deploy.service_process import REPO, free_port, json_log_records
+from tests.deploy.service_process import AUDIT_CHAIN_KEY, REPO, free_port, json_log_records
 from tests.support.fhir_builders import esrd_with_high_caxp, hook_request, prefetch_for
 from tests.support.postgres import fresh_database
 
@@ -49,6 +50,8 @@ PUBLIC_BASE_URL = "https://cds.example.org"
 ISSUERS_IN_CONTAINER = "/run/calcinosis-cds/trusted-issuers.json"
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL|DATABASE_URL", re.I)
 IMAGE_USER = 10001
+# The container's server processes (master and workers) all run this command line (deploy/docker-entrypoint.sh).
+SERVE_COMMAND = "calcinosis-cds serve"
 
 
 @dataclass
@@ -123,18 +126,18 @@ class RunningContainer:
             frontier = children
         return descendants
 
-    def gunicorn_master(self) -> int:
-        """PID of the container's main process: the gunicorn whose parent is not a gunicorn."""
+    def server_master(self) -> int:
+        """PID of the container's main process: the ``calcinosis-cds serve`` whose parent is not one."""
         procs = self.processes()
-        gunicorns = {pid for pid, _, cmd in procs if "gunicorn" in cmd}
-        masters = [pid for pid, ppid, _ in procs if pid in gunicorns and ppid not in gunicorns]
+        servers = {pid for pid, _, cmd in procs if SERVE_COMMAND in cmd}
+        masters = [pid for pid, ppid, _ in procs if pid in servers and ppid not in servers]
         assert len(masters) == 1, procs
         return masters[0]
 
     def stop(self) -> int:
         """SIGTERM to the main process, as the kubelet sends to PID 1; returns buildah run's exit status."""
         if self.process.poll() is None:
-            os.kill(self.gunicorn_master(), signal.SIGTERM)
+            os.kill(self.server_master(), signal.SIGTERM)
             try:
                 self.process.wait(timeout=45)
             except subprocess.TimeoutExpired:
@@ -218,26 +221,26 @@ def exercise(running: RunningContainer, client: CdsClient) -> str:
     assert "caxp-high" in {rule_of(card) for card in answer.json()["cards"]}
 
     # Every process of the container runs as the image's unprivileged user (the master and its workers).
-    gunicorns = [pid for pid, _, cmd in running.processes() if "gunicorn" in cmd]
-    assert len(gunicorns) >= 3, running.processes()  # master + WEB_CONCURRENCY=2 workers
-    for process_id in gunicorns:
+    servers = [pid for pid, _, cmd in running.processes() if SERVE_COMMAND in cmd]
+    assert len(servers) >= 3, running.processes()  # master + WEB_CONCURRENCY=2 workers
+    for process_id in servers:
         assert uids_of(process_id) == {IMAGE_USER}, process_id
     print(f"[container] {running.log_path.stem}: /healthz 200, /readyz 200, discovery 200 (401 unsigned), "
-          f"hook call 200 with caxp-high; {len(gunicorns)} gunicorn processes, all uid {IMAGE_USER}")
+          f"hook call 200 with caxp-high; {len(servers)} server processes, all uid {IMAGE_USER}")
     return str(body["hookInstance"])
 
 
 def assert_stopped_cleanly(running: RunningContainer) -> None:
-    """SIGTERM -> exit status 0, gunicorn's own shutdown message, and no traceback in the log."""
+    """SIGTERM -> exit status 0, the server's own shutdown messages, and no traceback in the log."""
     status = running.stop()
     log = running.log_text()
     assert status == 0, log[-4000:]
     records = json_log_records(log)
     messages = [str(r.get("message", "")) for r in records]
-    assert any("Handling signal: term" in m for m in messages), messages[-20:]
-    assert any("Shutting down: Master" in m for m in messages), messages[-20:]
+    assert any("Shutting down granian" in m for m in messages), messages[-20:]
+    assert any("Granian shutdown completed" in m for m in messages), messages[-20:]
     assert "Traceback" not in log
-    print(f"[container] {running.log_path.stem}: SIGTERM to gunicorn's master -> exit 0, shut down cleanly")
+    print(f"[container] {running.log_path.stem}: SIGTERM to the server's master -> exit 0, shut down cleanly")
 
 
 def test_image_config_has_no_secrets_and_runs_as_the_unprivileged_user(image: Image) -> None:
@@ -284,14 +287,16 @@ def test_serves_on_embedded_sqlite_and_stops_cleanly(image: Image, tmp_path: Pat
     client = CdsClient(public_base_url=PUBLIC_BASE_URL)
     issuers = client.write_issuers_file(tmp_path / "issuers.json")
     issuers.chmod(0o644)
-    env = {"CDS_PUBLIC_BASE_URL": PUBLIC_BASE_URL, "CDS_TRUSTED_ISSUERS_FILE": ISSUERS_IN_CONTAINER}
+    env = {"CDS_PUBLIC_BASE_URL": PUBLIC_BASE_URL, "CDS_TRUSTED_ISSUERS_FILE": ISSUERS_IN_CONTAINER,
+           "CDS_AUDIT_CHAIN_KEY": AUDIT_CHAIN_KEY}
     running = start_container(image, "sqlite", tmp_path, env, (f"{issuers}:{ISSUERS_IN_CONTAINER}:ro",))
     try:
         hook_instance = exercise(running, client)
     finally:
         assert_stopped_cleanly(running)
     # The call was committed to the embedded database inside the container (CDS_DATA_DIR of the image).
-    exported = run_in_image(image, running.container, "calcinosis-cds", "audit", "export", "--format", "ndjson")
+    exported = run_in_image(image, running.container, "calcinosis-cds", "audit", "export", "--format", "ndjson",
+                            env=env)
     image.buildah.run("rm", running.container, check=False)
     assert exported.returncode == 0, exported.stderr
     assert hook_instance in exported.stdout
@@ -311,7 +316,7 @@ def test_serves_on_postgresql_after_db_upgrade_from_the_image(image: Image, tmp_
     issuers = client.write_issuers_file(tmp_path / "issuers.json")
     issuers.chmod(0o644)
     env = {"CDS_PUBLIC_BASE_URL": PUBLIC_BASE_URL, "CDS_TRUSTED_ISSUERS_FILE": ISSUERS_IN_CONTAINER,
-           "CDS_DATABASE_URL": database_url}
+           "CDS_DATABASE_URL": database_url, "CDS_AUDIT_CHAIN_KEY": AUDIT_CHAIN_KEY}
 
     # The migration Job: `calcinosis-cds db upgrade` from the same image, before any replica starts.
     job = image.buildah.run("from", "--pull-never", image.name).stdout.strip()

@@ -15,14 +15,15 @@ import pytest
 import yaml
 
 from cds_service.config import Settings
+from cds_service.serving import GRACEFUL_TIMEOUT_S
 from tests.deploy.service_process import REPO
 
 DEPLOY = REPO / "deploy"
 MANIFEST_FILES = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
 # 1.30: the oldest release with the preStop `sleep` action the Deployment uses; and the newest bundled.
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
-# Variables read by something other than cds_service.config.
-NON_CDS_VARIABLES = {"WEB_CONCURRENCY", "GUNICORN_THREADS"}
+# Variables read by something other than cds_service.config: the serving options (cds_service.serving).
+NON_CDS_VARIABLES = {"WEB_CONCURRENCY", "CDS_WORKER_THREADS", "CDS_REQUEST_READ_TIMEOUT_S"}
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
@@ -74,8 +75,9 @@ def test_deployment_runs_n_replicas_with_probes_and_graceful_shutdown(objects: d
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container.get("args", ["serve"]) == ["serve"], "replicas serve; they never migrate"
-    # gunicorn's graceful_timeout (25 s) plus the preStop pause must fit in the grace period.
-    assert pod["terminationGracePeriodSeconds"] >= 25 + container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    # The server's graceful shutdown (GRACEFUL_TIMEOUT_S) plus the preStop pause must fit in the grace period.
+    assert pod["terminationGracePeriodSeconds"] >= (GRACEFUL_TIMEOUT_S
+                                                    + container["lifecycle"]["preStop"]["sleep"]["seconds"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
@@ -151,3 +153,14 @@ def test_metrics_and_admin_paths_are_not_routed_from_outside(objects: dict[Any, 
              for rule in obj["spec"]["rules"] for p in rule["http"]["paths"]]
     assert "/cds-services" in paths
     assert not any(p in ("/", "/metrics", "/admin", "/readyz", "/healthz") for p in paths)
+
+
+def test_serving_variables_in_the_config_map_are_valid(objects: dict[Any, Any]) -> None:
+    """The ConfigMap's serving options parse (the server would refuse to start otherwise); no obsolete names."""
+    from cds_service.serving import serving_options
+
+    config = objects[("ConfigMap", "calcinosis-cds-config")]["data"]
+    assert "GUNICORN_THREADS" not in config
+    options = serving_options({k: v for k, v in config.items() if k in NON_CDS_VARIABLES})
+    assert options.workers >= 1
+    assert options.threads >= 1

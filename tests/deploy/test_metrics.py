@@ -1,9 +1,13 @@
-"""Prometheus metrics (issue #8 "Observability"): what is counted, and sums over several gunicorn workers."""
+"""Prometheus metrics (issue #8 "Observability"): what is counted, and sums over several server workers,
+including one that died and was replaced (issue 16 item 8)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from tests.deploy.service_process import (
     metric,
     parse_metrics,
     start_service,
+    worker_pids,
 )
 from tests.security.tokens import make_key, settings_for, write_issuers_file
 from tests.support.app import make_app
@@ -133,7 +138,7 @@ def _per_worker_discovery_counts(metrics_dir: Path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_metrics_sum_over_all_gunicorn_workers(tmp_path: Path) -> None:
+def test_metrics_sum_over_all_server_workers(tmp_path: Path) -> None:
     """N calls spread over 2 workers: every scrape, whichever worker answers it, reports exactly N."""
     service = start_service("metrics", tmp_path, base_environment(CDS_DEV="1"), workers=2)
     try:
@@ -158,3 +163,69 @@ def test_metrics_sum_over_all_gunicorn_workers(tmp_path: Path) -> None:
             assert metric(samples, "cds_http_request_duration_seconds_count", endpoint="cds.discovery") == calls
     finally:
         service.stop()
+
+
+def _discovery_calls(base_url: str, count: int) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda _: requests.get(f"{base_url}/cds-services", timeout=10).status_code,
+                                 range(count)))
+    assert statuses == [200] * count
+
+
+@pytest.mark.slow
+def test_metrics_stay_correct_when_a_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    """kill -9 of a worker that served calls: its counts stay in the sums, its live-gauge files are retired, and
+    the replacement's counts add up (client_python "Multiprocess Mode"; the server's respawn hook)."""
+    service = start_service("worker-death", tmp_path, base_environment(CDS_DEV="1"), workers=2)
+    try:
+        calls = 0
+        victim = None
+        for _ in range(10):
+            _discovery_calls(service.base_url, 40)
+            calls += 40
+            workers = worker_pids(service.process.pid)
+            assert len(workers) == 2, workers
+            served = {pid: metric(_single_file_samples(service.metrics_dir / f"counter_{pid}.db"),
+                                  "cds_http_requests_total", endpoint="cds.discovery") for pid in workers}
+            victim = next((pid for pid, count in served.items() if count > 0), None)
+            if victim is not None:
+                break
+        assert victim is not None, "no worker served the calls"
+        # A live gauge as client_python writes it for this worker (multiprocess_mode="livesum"): the respawn
+        # hook must retire it, as gunicorn's child_exit did.
+        live_file = service.metrics_dir / f"gauge_livesum_{victim}.db"
+        shutil.copy(service.metrics_dir / f"counter_{victim}.db", live_file)
+
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if f'"worker_pid": {victim}' in service.log_text() and len(worker_pids(service.process.pid)) == 2:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"worker {victim} was not replaced:\n{service.log_text()[-3000:]}")
+        assert not live_file.exists(), "the dead worker's live-gauge file was not retired"
+        assert victim not in worker_pids(service.process.pid)
+
+        _discovery_calls(service.base_url, 20)
+        calls += 20
+        for _ in range(4):  # whichever worker answers the scrape, the dead one's calls are still counted
+            samples = service.scrape()
+            assert metric(samples, "cds_http_requests_total", endpoint="cds.discovery", status="200") == calls
+    finally:
+        service.stop()
+    assert service.process.returncode == 0, service.log_text()[-3000:]
+
+
+def _single_file_samples(db_file: Path) -> dict[Any, float]:
+    """The samples of one worker's metrics file alone (empty when the worker recorded nothing yet)."""
+    if not db_file.exists():
+        return {}
+    single = Path(tempfile.mkdtemp(dir=db_file.parent.parent))
+    try:
+        shutil.copy(db_file, single / db_file.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(single))  # type: ignore[no-untyped-call]
+        return parse_metrics(generate_latest(registry).decode())
+    finally:
+        shutil.rmtree(single)

@@ -6,8 +6,9 @@ spread over both instances; then:
 - every accepted call is audited exactly once, nothing is left in either instance's spool, and the single
   hash chain verifies with `calcinosis-cds audit verify`;
 - a jti used at one instance is refused at the other (the replay cache is the shared database);
-- an alert overridden through one instance stays suppressed when the same rule fires for the same patient
-  through the other (suppression reads the shared feedback history);
+- an alert overridden (with a reason) through one instance stays suppressed for that user when the same rule
+  fires for the same patient through the other (suppression reads the shared feedback history), is still shown
+  to another user, and a reason-less dismissal suppresses nothing (issue 15);
 - the schema is migrated by the explicit `calcinosis-cds db upgrade` step: an instance started before it
   refuses to start and says what to run.
 """
@@ -111,6 +112,27 @@ def test_two_instances_share_audit_chain_replay_cache_and_suppression(tmp_path: 
         assert again.status_code == 200
         accepted.append(again_body["hookInstance"])
         assert overridden_rule not in {rule_of(c) for c in again.json()["cards"]}
+        # Issue 15: only for that user (another clinician at B still sees it) ...
+        other_user = hook_request("patient-view", pid, prefetch=prefetch_for(esrd_with_high_caxp(pid)))
+        other_user["context"]["userId"] = "Practitioner/pr-2"
+        seen = client.call(b.base_url, other_user)
+        assert seen.status_code == 200
+        accepted.append(other_user["hookInstance"])
+        assert overridden_rule in {rule_of(c) for c in seen.json()["cards"]}
+        # ... and a plain dismissal (the sandbox's "Dismiss": no reason) at B suppresses nothing at A.
+        dismissed_pid = new_patient_id()
+        patients.append(dismissed_pid)
+        dismissed_body = hook_request("patient-view", dismissed_pid,
+                                      prefetch=prefetch_for(esrd_with_high_caxp(dismissed_pid)))
+        dismissed = client.call(b.base_url, dismissed_body)
+        accepted.append(dismissed_body["hookInstance"])
+        dismissed_card = dismissed.json()["cards"][0]
+        assert client.dismiss(b.base_url, dismissed_card["uuid"]).status_code == 200
+        after_dismiss = hook_request("patient-view", dismissed_pid,
+                                     prefetch=prefetch_for(esrd_with_high_caxp(dismissed_pid)))
+        shown_again = client.call(a.base_url, after_dismiss)
+        accepted.append(after_dismiss["hookInstance"])
+        assert rule_of(dismissed_card) in {rule_of(c) for c in shown_again.json()["cards"]}
 
         # Both instances served hook calls, and their metrics add up to all of them.
         served = [metric(s.scrape(), "cds_http_requests_total", endpoint="cds.call_service", status="200")

@@ -31,7 +31,7 @@ Resource = dict[str, Any]
 SEED = 7
 EDGE = "edge-1"
 DUPLICATE = {"system": "urn:test:ids", "value": "a-1"}  # complex values are not de-duplicated (they carry a path)
-NON_EMPTY_SHARE = 0.55  # share of the queries that must return entries (the check is not vacuous)
+NON_EMPTY_SHARE = 0.5  # share of the queries that must return entries (the check is not vacuous)
 
 
 def run_check(
@@ -174,7 +174,8 @@ def test_per_type_expressions_answer_every_query_with_the_same_bytes(
     # Not vacuous: most queries return entries, and the narrowed expressions were evaluated on real values.
     assert summary["queries"] == len(queries)
     # Discovery also asks for data these records rarely hold (warfarin history, CRRT ServiceRequests, the
-    # continuation keys of a split code list: issue 13), hence 0.55 rather than 0.7 of the queries.
+    # continuation keys of a split code list: issue 13; more of them since issue 16 item 4 measures the lists
+    # percent-encoded), hence 0.5 rather than 0.7 of the queries.
     assert summary["queries_with_entries"] >= NON_EMPTY_SHARE * len(queries), summary
     assert summary["narrowed"] > 300
     # search-parameters.mjs picks the same union members as Medplum's getExpressionForResourceType, everywhere.

@@ -20,6 +20,7 @@ from tests.security.tokens import (
     INLINE_TENANT,
     JKU_ISSUER,
     JKU_URL,
+    PINNED_ISSUER_JKU,
     InMemoryReplayGuard,
     Signer,
     SigningKey,
@@ -67,10 +68,16 @@ def trust(tmp_path: Path, session_keys: dict[str, SigningKey]) -> TrustSetup:
 
 @pytest.fixture
 def jwks_server(trust: TrustSetup, session_keys: dict[str, SigningKey]) -> Iterator[responses.RequestsMock]:
-    """Serve the EHR's JWKS at its allowlisted jku, and an attacker's JWKS (must never be fetched)."""
+    """Serve the EHR's JWKS at its allowlisted jku, and JWK Sets that must never be fetched.
+
+    ``ATTACKER_JKU`` serves the attacker's key; ``PINNED_ISSUER_JKU`` serves the attacker's key under the inline
+    issuer's pinned kid, so fetching it would not only be counted but would also let a forgery verify.
+    """
+    forged_pinned = SigningKey(trust.inline_key.kid, "ES384", session_keys["attacker"].private_key)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         rsps.get(JKU_URL, json=jwks(trust.es384, trust.rs384))
         rsps.get(ATTACKER_JKU, json=jwks(session_keys["attacker"]))
+        rsps.get(PINNED_ISSUER_JKU, json=jwks(forged_pinned))
         yield rsps
 
 

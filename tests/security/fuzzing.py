@@ -2,7 +2,9 @@
 
 The strategies aim at the edge the service must survive (issue #5): arbitrary JSON, wrong types in every
 envelope field, huge strings, deep nesting, random FHIR-ish resources in prefetch and draftOrders, wrong
-content types and raw garbage. They deliberately mix valid and invalid parts so that bodies get past the
+content types and raw garbage; and, for outbound calls (issue 16 items 2, 3 and 9), fhirServer, ``next`` and SMART
+``iss`` URLs with dot segments (``..``, ``%2e%2e``, ``//``, ``..;``, encoded separators) and ids with a trailing
+newline or made of dots. They deliberately mix valid and invalid parts so that bodies get past the
 first checks and reach the deeper parsing (value sets, units, dates, dosage).
 """
 
@@ -117,6 +119,29 @@ ucum_units = st.sampled_from(["mg/dL", "mmol/L", "pg/mL", "ng/mL", "pmol/L", "nm
                               "mL/min/{1.73_m2}", "mL/min/1.73m2", "%", "", "furlong", "mg/dl", "umol/L"])
 
 
+# -- outbound URLs and ids (issue 16 items 3 and 9) ---------------------------------------------------------
+
+ALLOWED_FHIR = "https://fhir.example.org/fhir"  # the allowlisted base of the outbound fuzz app
+# Ways to leave a base URL's path that a string prefix check does not see (RFC 3986 5.2.4 dot segments, the same
+# encoded, empty segments that proxies collapse, servlet path parameters, encoded separators, double encoding).
+DOT_SEGMENT_ESCAPES = ("/../admin", "/%2e%2e/admin", "/%2E%2e/admin", "/.%2e/admin", "/./../admin", "//../admin",
+                       "/..;/admin", "/..%2fadmin", "/..%5Cadmin", "/..\\admin", "/x/../../admin", "//admin",
+                       "/%252e%252e/admin", "/.", "/..", "/./", "/fhir/..", "/Observation/../../admin")
+hostile_urls = st.builds(
+    lambda base, escape, tail: base + escape + tail,
+    st.sampled_from([ALLOWED_FHIR, "https://fhir.example.org", "https://FHIR.example.org:443/fhir",
+                     "https://fhir.example.org/fhir/"]),
+    st.one_of(st.sampled_from(DOT_SEGMENT_ESCAPES), st.text(alphabet="./%2eE5cCfF;\\", max_size=12)),
+    st.sampled_from(["", "/Observation?page=2", "/Patient/p1", "?_getpages=x&page=2"]),
+)
+fhir_server_urls = st.one_of(st.just(ALLOWED_FHIR), st.just(ALLOWED_FHIR + "/"), hostile_urls, st.sampled_from([
+    "https://[::1", ALLOWED_FHIR + "\n", ALLOWED_FHIR + "\t/../admin", "https://u:p@fhir.example.org/fhir",
+    "https://fhir.example.org:99999/fhir", ALLOWED_FHIR + "?x=1", ALLOWED_FHIR + "#f", "https://fhir.example.org.",
+]))
+# Ids that only look valid to a regex anchored with "$" (re.match), or are URL dot segments.
+TRICKY_IDS = ("p1\n", "p1\r\n", "p1\r", ".", "..", "p1\x00", "p1 ")
+
+
 @st.composite
 def codings(draw: st.DrawFn) -> dict[str, Any]:
     """A Coding: usually from the real value sets, sometimes random."""
@@ -212,10 +237,10 @@ def bundles(draw: st.DrawFn, resource_type: str | None = None) -> dict[str, Any]
         bundle["type"] = draw(anything_or(st.sampled_from(["searchset", "collection", "transaction"])))
     if draw(one_in(6)):
         bundle["link"] = draw(anything_or(st.just([{"relation": "next",
-                                                    "url": draw(st.sampled_from([
+                                                    "url": draw(st.one_of(st.sampled_from([
                                                         "https://evil.example.net/fhir/Observation?page=2",
                                                         "https://fhir.example.org/Observation?page=2",
-                                                        "not a url"]))}])))
+                                                        "not a url"]), hostile_urls))}])))
     if draw(one_in(6)):
         bundle["total"] = draw(arbitrary_json)
     return bundle
@@ -285,6 +310,7 @@ def _searchset(resources: st.SearchStrategy[dict[str, Any]], max_size: int) -> s
 # is fuzzed as soon as it is advertised).
 _PREFETCH_TYPES = {p.key: resource_type_of(p.template) for p in service_definitions()[0].prefetch
                    if p.key != "patient"}
+_CORE_KEYS = frozenset({"observations", "conditions", "procedures", "medications", "medicationStatements"})
 
 
 @st.composite
@@ -294,7 +320,10 @@ def prefetch_dicts(draw: st.DrawFn) -> dict[str, Any]:
     if not draw(one_in(10)):
         prefetch["patient"] = draw(mostly(fhir_resources("Patient"), st.none() | fhir_resources()))
     for key, resource_type in _PREFETCH_TYPES.items():
-        if not draw(one_in(10)):
+        # The five core keys are nearly always there; the rest (split and history keys) one time in four each,
+        # so every key is fuzzed without multiplying the data drawn per example (the suite's time budget).
+        present = not draw(one_in(10)) if key in _CORE_KEYS else draw(one_in(4))
+        if present:
             plausible = {"observations": _searchset(plausible_labs(), 12),
                          "conditions": _searchset(plausible_conditions(), 4)}.get(key, bundles(resource_type))
             # Half plausible data (so rules fire and cards are rendered), half hostile FHIR.
@@ -311,7 +340,7 @@ def hook_bodies(draw: st.DrawFn, service_id: str) -> dict[str, Any]:
     hook = HOOK_BY_SERVICE[service_id]
     context: dict[str, Any] = {
         "patientId": draw(mostly(st.sampled_from(["p1", "smart-1288992", "a" * 64]),
-                                 st.sampled_from(["a" * 65, "x/y", "", 7]) | arbitrary_json)),
+                                 st.sampled_from(["a" * 65, "x/y", "", 7, *TRICKY_IDS]) | arbitrary_json)),
         "userId": draw(mostly(st.sampled_from(["Practitioner/COREPRACTITIONER1", "PractitionerRole/r"]),
                               st.sampled_from(["Patient/p1", "Device/d", "practitioner"]) | arbitrary_json)),
     }
@@ -339,7 +368,7 @@ def hook_bodies(draw: st.DrawFn, service_id: str) -> dict[str, Any]:
         body["fhirServer"] = draw(mostly(
             st.sampled_from(["https://fhir.example.org", "http://localhost:1/fhir"]),
             st.sampled_from(["ftp://x", "https://user:pw@h/fhir", "", "https://[::1", "https://h:99999/",
-                             "https://h:abc/", "https://h:0/"]) | arbitrary_json))
+                             "https://h:abc/", "https://h:0/"]) | hostile_urls | arbitrary_json))
     if ("fhirServer" in body or draw(one_in(10))) and draw(one_in(3)):
         body["fhirAuthorization"] = draw(mostly(st.fixed_dictionaries(
             {"access_token": st.text(max_size=20), "token_type": st.sampled_from(["Bearer", "bearer", "MAC"]),
@@ -388,3 +417,27 @@ def nested(depth: int, kind: str) -> str:
 def encode(body: Any) -> bytes:
     """Serialise like a client would (json.dumps may emit NaN-free, non-ASCII text)."""
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+@st.composite
+def outbound_hook_bodies(draw: st.DrawFn, service_id: str) -> dict[str, Any]:
+    """A patient-view-like call WITHOUT (most of) its prefetch, so the service fetches from ``fhirServer``.
+
+    ``fhirServer`` is the allowlisted base or a dot-segment variant of it; ids are sometimes tricky. Used by the
+    outbound property of test_fuzz.py, whose fake FHIR server sets cookies and links ``next`` to hostile URLs.
+    """
+    hook = HOOK_BY_SERVICE[service_id]
+    patient_id = draw(mostly(st.sampled_from(["p1", "smart-1288992"]), st.sampled_from(TRICKY_IDS)))
+    context: dict[str, Any] = {"patientId": patient_id, "userId": "Practitioner/COREPRACTITIONER1"}
+    if hook != "patient-view":
+        context["draftOrders"] = {"resourceType": "Bundle", "entry": [{"resource": {
+            "resourceType": "MedicationRequest", "id": "request-123", "status": "draft"}}]}
+        context["selections"] = ["MedicationRequest/request-123"]
+    body: dict[str, Any] = {"hook": hook, "hookInstance": draw(st.uuids().map(str)), "context": context,
+                            "fhirServer": draw(fhir_server_urls)}
+    if draw(st.booleans()):
+        body["fhirAuthorization"] = {"access_token": "fuzz-token", "token_type": "Bearer", "expires_in": 300,
+                                     "scope": "patient/*.rs", "subject": "cds", "patient": patient_id}
+    if draw(one_in(3)):
+        body["prefetch"] = {"patient": {"resourceType": "Patient", "id": "p1"}}
+    return body

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 import responses
@@ -27,14 +28,18 @@ import cds_service
 from cds_service import create_app
 from cds_service.runtime import get_runtime
 from tests.security.fuzzing import (
+    ALLOWED_FHIR,
     SERVICE_IDS,
     STATS,
     arbitrary_json,
     encode,
     feedback_bodies,
     fhir_resources,
+    fhir_server_urls,
     hook_bodies,
+    hostile_urls,
     nested,
+    outbound_hook_bodies,
 )
 from tests.security.tokens import settings_for
 
@@ -247,3 +252,88 @@ def test_arbitrary_authorization_headers(
     response = send(client, method, path, data=b"{}", content_type="application/json",
                     headers={"Authorization": authorization})
     assert response.status_code == 401
+
+
+# -- outbound calls: cookies and dot segments (issue 16 items 2, 3 and 9) ------------------------------------------
+
+
+class FakeEhr:
+    """The fake FHIR + SMART server behind `responses`: sets a cookie on every answer, links ``next`` to the URL a
+    test chose, and records each outbound request's URL and Cookie header."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+        self.next_link: str | None = None
+        self.serial = 0
+
+    def answer(self, request: Any) -> tuple[int, dict[str, str], str]:
+        """A `responses` callback for every GET."""
+        self.serial += 1
+        self.seen.append((request.url, request.headers.get("Cookie")))
+        path = urlsplit(request.url).path
+        if path.endswith("/.well-known/smart-configuration"):
+            body: dict[str, Any] = {"authorization_endpoint": "https://auth.example.org/authorize",
+                                    "token_endpoint": "https://auth.example.org/token",
+                                    "capabilities": ["permission-v2"]}
+        elif "/Patient/" in path:
+            body = {"resourceType": "Patient", "id": path.rsplit("/", 1)[-1]}
+        else:
+            body = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+            if self.next_link and "page=2" not in request.url:
+                body["link"] = [{"relation": "next", "url": self.next_link}]
+        headers = {"Set-Cookie": f"ehr-session={self.serial}; Path=/", "Content-Type": "application/fhir+json"}
+        return 200, headers, json.dumps(body)
+
+    def check(self, shape: str) -> None:
+        """No cookie ever sent; nothing requested outside the allowed base's path."""
+        for url, cookie in self.seen:
+            assert cookie is None, f"cookie {cookie!r} sent to {url} for {shape}"
+            parts = urlsplit(url)
+            assert parts.hostname == "fhir.example.org", f"{url} for {shape}"
+            assert parts.port in (None, 443), f"{url} for {shape}"
+            assert parts.path == "/fhir" or parts.path.startswith("/fhir/"), f"{url} left the base for {shape}"
+            segments = unquote(parts.path).split("/")
+            assert ".." not in segments, f"{url} for {shape}"
+            assert "admin" not in segments, f"{url} for {shape}"
+
+
+@pytest.fixture(scope="module")
+def outbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FlaskClient, FakeEhr]]:
+    """A --dev app whose only allowed FHIR server is ALLOWED_FHIR, answered by a cookie-setting FakeEhr."""
+    ehr = FakeEhr()
+    app = create_app(settings_for(None, dev=True, data_dir=str(tmp_path_factory.mktemp("fuzz-outbound")),
+                                  audit_enabled=False, allowed_fhir_servers=(ALLOWED_FHIR,), fhir_retries=0))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add_callback(responses.GET, re.compile(r"https?://.*"), callback=ehr.answer)
+        yield app.test_client(), ehr
+    get_runtime(app).close()
+
+
+@settings(FUZZ, max_examples=budget(150))
+@given(service_id=st.sampled_from(SERVICE_IDS), body=st.data(),
+       next_link=st.one_of(st.none(), st.just(ALLOWED_FHIR + "/Observation?page=2"), hostile_urls))
+def test_outbound_calls_send_no_cookie_and_never_leave_the_allowed_base(
+    outbound: tuple[FlaskClient, FakeEhr], service_id: str, body: st.DataObject, next_link: str | None
+) -> None:
+    client, ehr = outbound
+    payload = body.draw(outbound_hook_bodies(service_id))
+    ehr.seen.clear()
+    ehr.next_link = next_link
+    send(client, "POST", f"/cds-services/{service_id}", data=encode(payload), content_type="application/json")
+    ehr.check(f"fhirServer={payload['fhirServer']!r} next={next_link!r}")
+
+
+@settings(FUZZ, max_examples=budget(100))
+@given(iss=fhir_server_urls, launch=st.sampled_from(["", "l-1"]))
+def test_smart_launch_iss_with_dot_segments(outbound: tuple[FlaskClient, FakeEhr], iss: str, launch: str) -> None:
+    """A hostile ``iss`` gets an error page (never a 5xx) and no request outside the allowed base."""
+    client, ehr = outbound
+    ehr.seen.clear()
+    started = time.perf_counter()
+    response = client.get("/smart/launch", query_string={"iss": iss, "launch": launch})
+    STATS.record(response.status_code, time.perf_counter() - started)
+    assert response.status_code < 500, (iss, response.status_code)
+    assert response.status_code in (302, 400, 403), (iss, response.status_code)
+    if response.status_code == 302:
+        assert urlsplit(response.headers["Location"]).netloc == "auth.example.org"
+    ehr.check(f"iss={iss!r}")

@@ -29,6 +29,7 @@ from tests.security.tokens import (
     INLINE_TENANT,
     JKU_ISSUER,
     JKU_URL,
+    PINNED_ISSUER_JKU,
     PUBLIC_BASE_URL,
     Signer,
     SigningKey,
@@ -47,6 +48,8 @@ PATHS = {
     "feedback": f"/cds-services/{SERVICE_ID}/feedback",
 }
 LEEWAY = 60
+MAX_LIFETIME = 3600  # CDS_JWT_MAX_LIFETIME_S default
+EXP_2100 = 4102444800  # 2100-01-01T00:00:00Z
 
 
 def hook_body() -> dict[str, Any]:
@@ -136,6 +139,10 @@ def _negative_cases(trust: TrustSetup, attacker: SigningKey) -> dict[str, Callab
         "expired": lambda aud: es.bearer(aud, claims={"iat": now - 900, "exp": now - LEEWAY - 5}),
         "future iat": lambda aud: es.bearer(aud, claims={"iat": now + LEEWAY + 60, "exp": now + 900}),
         "missing jti": lambda aud: es.bearer(aud, drop=("jti",)),
+        "missing iat": lambda aud: es.bearer(aud, drop=("iat",)),
+        "iat not a number": lambda aud: es.bearer(aud, claims={"iat": str(now)}),
+        "lifetime over max": lambda aud: es.bearer(aud, claims={"iat": now, "exp": now + MAX_LIFETIME + 1}),
+        "exp in 2100": lambda aud: es.bearer(aud, claims={"exp": EXP_2100}),
         "unknown kid": lambda aud: es.bearer(aud, headers={"kid": "unknown-kid"}),
         "iss not trusted": lambda aud: untrusted.bearer(aud),
         "jku not allowlisted": lambda aud: Signer(JKU_ISSUER, attacker, jku=ATTACKER_JKU).bearer(aud),
@@ -144,8 +151,8 @@ def _negative_cases(trust: TrustSetup, attacker: SigningKey) -> dict[str, Callab
 
 
 NEGATIVE_CASES = ["no header", "malformed", "alg none", "HS256 with public key", "wrong aud", "expired",
-                  "future iat", "missing jti", "unknown kid", "iss not trusted", "jku not allowlisted",
-                  "tenant not allowed"]
+                  "future iat", "missing jti", "missing iat", "iat not a number", "lifetime over max",
+                  "exp in 2100", "unknown kid", "iss not trusted", "jku not allowlisted", "tenant not allowed"]
 
 
 @pytest.mark.parametrize("endpoint", list(PATHS))
@@ -191,6 +198,27 @@ def test_inline_key_issuer_with_its_tenant_is_accepted(
 ) -> None:
     header = trust.inline_signer.bearer(url("service"), claims={"tenant": INLINE_TENANT})
     assert call(client, "service", header).status_code == 200
+
+
+@pytest.mark.parametrize("endpoint", list(PATHS))
+def test_pinned_key_issuer_is_accepted_with_a_jku_header_that_is_never_fetched(
+    client: FlaskClient, trust: TrustSetup, jwks_server: responses.RequestsMock, endpoint: str
+) -> None:
+    # Issue 16 item 5: a client that always sends its public jku (the CDS Hooks sandbox) with its key pinned.
+    header = trust.inline_signer.bearer(url(endpoint), headers={"jku": PINNED_ISSUER_JKU},
+                                        claims={"tenant": INLINE_TENANT})
+    response = call(client, endpoint, header)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(jwks_server.calls) == 0
+
+
+def test_a_token_lasting_to_2100_works_not_even_once(
+    client: FlaskClient, trust: TrustSetup, jwks_server: responses.RequestsMock
+) -> None:
+    # Issue 16 item 6: before, such a token was accepted once (then refused as a replay) at any time until 2100.
+    header = trust.es_signer.bearer(url("service"), claims={"exp": EXP_2100})
+    assert call(client, "service", header).status_code == 401
+    assert call(client, "service", trust.es_signer.bearer(url("service"))).status_code == 200
 
 
 def test_audience_comes_from_the_public_base_url_not_the_host_header(

@@ -8,8 +8,17 @@ from typing import Any
 import pytest
 
 from cds_service.auth import RequestVerifier, load_trusted_issuers
-from cds_service.config import ConfigError
-from tests.security.tokens import JKU_ISSUER, JKU_URL, jwks, make_key, settings_for, write_issuers_file
+from cds_service.config import ConfigError, load_settings
+from tests.security.tokens import (
+    JKU_ISSUER,
+    JKU_URL,
+    SANDBOX_ISS,
+    jwks,
+    make_key,
+    sandbox_published_jwks,
+    settings_for,
+    write_issuers_file,
+)
 
 _EC_KEY = make_key("ES384", kid="k1")
 _PUBLIC_JWK = _EC_KEY.public_jwk
@@ -111,3 +120,32 @@ def test_dev_mode_starts_without_issuers_and_logs_the_caveat(caplog: pytest.LogC
     with caplog.at_level("WARNING", logger="cds_service.auth"):
         RequestVerifier.from_settings(settings_for(None, dev=True, public_base_url=""), None)
     assert any("never run --dev with production data" in r.getMessage() for r in caplog.records)
+
+
+def test_max_token_lifetime_is_read_from_the_environment() -> None:
+    # Issue 16 item 6: CDS_JWT_MAX_LIFETIME_S, default 3600 s.
+    assert load_settings(environ={"CDS_DEV": "1"}).jwt_max_lifetime_s == 3600
+    assert load_settings(environ={"CDS_DEV": "1", "CDS_JWT_MAX_LIFETIME_S": "600"}).jwt_max_lifetime_s == 600
+
+
+@pytest.mark.parametrize(("variable", "value"), [("CDS_JWT_MAX_LIFETIME_S", "0"), ("CDS_JWT_MAX_LIFETIME_S", "-5"),
+                                                 ("CDS_JWT_LEEWAY_S", "-1")])
+def test_a_non_positive_max_lifetime_or_negative_leeway_stops_start_up(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(environ={"CDS_DEV": "1", variable: value})
+
+
+def test_trusting_the_sandbox_issuer_outside_dev_logs_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Pinning the sandbox's published key is how the real sandbox is tried offline (README); its private key is
+    # public, so outside --dev the service says so at start-up.
+    path = write_issuers_file(tmp_path / "issuers.json", [{"iss": SANDBOX_ISS, "jwks": sandbox_published_jwks()}])
+    with caplog.at_level("WARNING", logger="cds_service.auth"):
+        RequestVerifier.from_settings(settings_for(path), None)
+    assert any("sandbox issuer is trusted outside --dev" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    other = write_issuers_file(tmp_path / "other.json", [{"iss": JKU_ISSUER, "jku": [JKU_URL]}])
+    with caplog.at_level("WARNING", logger="cds_service.auth"):
+        RequestVerifier.from_settings(settings_for(other), None)
+    assert not any("sandbox" in r.getMessage() for r in caplog.records)

@@ -28,6 +28,9 @@ from tests.security.tokens import (
     INLINE_TENANT,
     JKU_ISSUER,
     JKU_URL,
+    PINNED_ISSUER_JKU,
+    SANDBOX_ISS,
+    SANDBOX_JKU,
     SERVICE_URL,
     InMemoryReplayGuard,
     Signer,
@@ -38,10 +41,10 @@ from tests.security.tokens import (
     jwks,
     jwks_fetches,
     make_key,
+    sandbox_published_jwks,
     settings_for,
     write_issuers_file,
 )
-from tests.support.shared_data import SANDBOX_JWKS_FILE
 
 LEEWAY = 60  # Settings.jwt_leeway_s default
 
@@ -130,6 +133,51 @@ def test_key_rotation_is_picked_up_by_a_rate_limited_jwks_refresh(
         assert identity is not None
         assert identity.kid == rotated.kid
         assert jwks_fetches(rsps) == 2
+
+
+def test_the_cached_jwks_is_fetched_again_after_its_lifespan(trust: TrustSetup) -> None:
+    verifier = RequestVerifier(
+        load_trusted_issuers(str(trust.issuers_file), dev=False),
+        dev=False, leeway_s=LEEWAY, replay_guard=InMemoryReplayGuard(), jwks_cache_lifespan_s=0.3,
+    )
+    with responses.RequestsMock() as rsps:
+        rsps.get(JKU_URL, json=jwks(trust.es384))
+        assert verifier.verify(trust.es_signer.bearer(), SERVICE_URL) is not None
+        assert verifier.verify(trust.es_signer.bearer(), SERVICE_URL) is not None
+        assert jwks_fetches(rsps) == 1
+        time.sleep(0.4)
+        assert verifier.verify(trust.es_signer.bearer(), SERVICE_URL) is not None
+        assert jwks_fetches(rsps) == 2
+
+
+def test_unusable_entries_of_a_fetched_jwks_are_skipped(
+    trust: TrustSetup, session_keys: dict[str, SigningKey]
+) -> None:
+    verifier = RequestVerifier.from_settings(settings_for(trust.issuers_file), InMemoryReplayGuard())
+    attacker = session_keys["attacker"]
+    junk = [
+        "not a JWK",
+        {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+        {**attacker.public_jwk, "kid": "enc-key", "use": "enc"},
+        {**attacker.public_jwk, "kid": "with-private", "d": "AAAA"},
+        {**attacker.public_jwk, "kid": "broken", "x": "not-a-point"},
+        {k: v for k, v in attacker.public_jwk.items() if k != "kid"},
+    ]
+    with responses.RequestsMock() as rsps:
+        rsps.get(JKU_URL, json={"keys": [*junk, trust.es384.public_jwk]})
+        assert verifier.verify(trust.es_signer.bearer(), SERVICE_URL) is not None
+        for kid in ("hmac", "enc-key", "with-private", "broken"):
+            assert "unknown kid" in assert_rejected(verifier, trust.es_signer.bearer(headers={"kid": kid}))
+
+
+@pytest.mark.parametrize("body", ["[]", '{"keys": {}}', "not json", "x" * (300 * 1024)])
+def test_a_jwks_endpoint_returning_no_jwk_set_is_a_rejection(
+    trust: TrustSetup, replay_guard: InMemoryReplayGuard, body: str
+) -> None:
+    verifier = RequestVerifier.from_settings(settings_for(trust.issuers_file), replay_guard)
+    with responses.RequestsMock() as rsps:
+        rsps.get(JKU_URL, body=body, content_type="application/json")
+        assert "JWKS" in assert_rejected(verifier, trust.es_signer.bearer())
 
 
 def test_random_kids_do_not_make_us_hammer_the_jwks_endpoint(
@@ -355,12 +403,6 @@ def test_jku_not_allowlisted_is_rejected_without_fetching(
     assert len(jwks_server.calls) == 0
 
 
-def test_jku_on_an_inline_keys_issuer_is_rejected_without_fetching(
-    verifier: RequestVerifier, trust: TrustSetup, jwks_server: responses.RequestsMock
-) -> None:
-    header = trust.inline_signer.bearer(headers={"jku": ATTACKER_JKU}, claims={"tenant": INLINE_TENANT})
-    assert "not allowlisted" in assert_rejected(verifier, header)
-    assert len(jwks_server.calls) == 0
 
 
 @pytest.mark.parametrize("tenant", ["hospital-b", None, 7])
@@ -431,12 +473,180 @@ def test_failure_log_names_iss_kid_jti_but_never_the_token(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Dev mode
+# Pinned keys (issue 16 item 5): an issuer with inline keys ignores a token's jku and never fetches it
 # ---------------------------------------------------------------------------------------------------------
 
-SANDBOX_ISS = "https://sandbox.cds-hooks.org"
-SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 
+@pytest.mark.parametrize("jku", [PINNED_ISSUER_JKU, ATTACKER_JKU, "http://127.0.0.1:1/jwks", 42, ["x"]])
+def test_pinned_keys_verify_a_token_carrying_a_jku_which_is_never_fetched(
+    verifier: RequestVerifier, trust: TrustSetup, jwks_server: responses.RequestsMock, jku: Any
+) -> None:
+    # Clients such as the CDS Hooks sandbox always put their public jku in the header; with the key pinned out of
+    # band (spec "Trusting CDS Clients": the JWK Set exchanged out of band) the header value is irrelevant.
+    header = trust.inline_signer.bearer(headers={"jku": jku}, claims={"tenant": INLINE_TENANT})
+    identity = verifier.verify(header, SERVICE_URL)
+    assert identity is not None
+    assert (identity.iss, identity.kid) == (INLINE_ISSUER, trust.inline_key.kid)
+    assert len(jwks_server.calls) == 0
+
+
+def test_a_jku_cannot_supply_a_key_for_a_pinned_issuer(
+    verifier: RequestVerifier, trust: TrustSetup, session_keys: dict[str, SigningKey],
+    jwks_server: responses.RequestsMock,
+) -> None:
+    # PINNED_ISSUER_JKU serves the attacker's key under the pinned kid: had it been fetched, this would verify.
+    forged = trust.inline_signer.bearer(headers={"jku": PINNED_ISSUER_JKU}, claims={"tenant": INLINE_TENANT},
+                                        key=SigningKey(trust.inline_key.kid, "ES384",
+                                                       session_keys["attacker"].private_key))
+    assert "Signature" in assert_rejected(verifier, forged)
+    # The attacker's own kid, named with the attacker's jku: only the pinned keys are looked at.
+    own_kid = trust.inline_signer.bearer(headers={"jku": ATTACKER_JKU}, claims={"tenant": INLINE_TENANT},
+                                         key=session_keys["attacker"])
+    assert "unknown kid" in assert_rejected(verifier, own_kid)
+    assert len(jwks_server.calls) == 0
+
+
+def _pinned_sandbox_verifier(tmp_path: Path, *, dev: bool) -> RequestVerifier:
+    path = write_issuers_file(tmp_path / "issuers.json",
+                              [{"iss": SANDBOX_ISS, "jwks": sandbox_published_jwks()}])
+    return RequestVerifier.from_settings(settings_for(path, dev=dev), InMemoryReplayGuard())
+
+
+def test_the_sandboxs_published_key_can_be_pinned(tmp_path: Path) -> None:
+    # The shared copy of https://sandbox.cds-hooks.org/.well-known/jwks.json loads as an inline key set, with
+    # the kid and alg the sandbox's tokens carry (cds-hooks-2.0.md section 2.1 "JWT": ES384, fixed kid).
+    path = write_issuers_file(tmp_path / "issuers.json",
+                              [{"iss": SANDBOX_ISS, "jwks": sandbox_published_jwks()}])
+    (issuer,) = load_trusted_issuers(str(path), dev=False)
+    assert issuer.keys is not None
+    assert list(issuer.keys) == ["44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"]
+    assert issuer.jku == ()
+
+
+@pytest.mark.parametrize("dev", [False, True])
+def test_a_sandbox_shaped_token_is_checked_against_the_pinned_key_without_fetching_its_jku(
+    tmp_path: Path, session_keys: dict[str, SigningKey], dev: bool
+) -> None:
+    # We cannot sign as the sandbox, but a token with its exact header (ES384, its kid, its public jku) must get
+    # as far as the signature check against the pinned key: kid and alg are accepted, the jku is not fetched.
+    # In --dev the pinned entry replaces the built-in sandbox entry (which would fetch the jku).
+    verifier = _pinned_sandbox_verifier(tmp_path, dev=dev)
+    sandbox_kid = sandbox_published_jwks()["keys"][0]["kid"]
+    impostor = Signer(SANDBOX_ISS, SigningKey(sandbox_kid, "ES384", session_keys["attacker"].private_key),
+                      jku=SANDBOX_JKU)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.get(SANDBOX_JKU, json=jwks(SigningKey(sandbox_kid, "ES384", session_keys["attacker"].private_key)))
+        assert "Signature" in assert_rejected(verifier, impostor.bearer())
+        assert len(rsps.calls) == 0
+
+
+def test_a_pinned_key_still_refuses_an_alg_that_does_not_fit_it(
+    tmp_path: Path, session_keys: dict[str, SigningKey]
+) -> None:
+    # The sandbox key is ES384 (P-384): an ES256 or RS384 token naming its kid is refused before any signature.
+    verifier = _pinned_sandbox_verifier(tmp_path, dev=False)
+    sandbox_kid = sandbox_published_jwks()["keys"][0]["kid"]
+    for alg in ("ES256", "RS384"):
+        signer = Signer(SANDBOX_ISS, make_key(alg, kid=sandbox_kid), jku=SANDBOX_JKU)
+        assert "does not match the key's alg 'ES384'" in assert_rejected(verifier, signer.bearer())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Token lifetime (issue 16 item 6): exp - iat <= CDS_JWT_MAX_LIFETIME_S, so iat is never older than that + leeway
+# ---------------------------------------------------------------------------------------------------------
+
+MAX_LIFETIME = 3600  # Settings.jwt_max_lifetime_s default
+
+
+@pytest.mark.parametrize(("lifetime", "accepted"), [(300, True), (MAX_LIFETIME, True), (MAX_LIFETIME + 1, False)])
+def test_token_lifetime_is_bounded(
+    verifier: RequestVerifier, trust: TrustSetup, jwks_server: responses.RequestsMock, lifetime: int,
+    accepted: bool,
+) -> None:
+    now = int(time.time())
+    header = trust.es_signer.bearer(claims={"iat": now, "exp": now + lifetime})
+    if accepted:
+        assert verifier.verify(header, SERVICE_URL) is not None
+    else:
+        assert "lifetime" in assert_rejected(verifier, header)
+
+
+def test_a_token_valid_until_2100_is_refused(
+    verifier: RequestVerifier, trust: TrustSetup, jwks_server: responses.RequestsMock
+) -> None:
+    exp_2100 = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp())
+    assert "lifetime" in assert_rejected(verifier, trust.es_signer.bearer(claims={"exp": exp_2100}))
+    assert "lifetime" in assert_rejected(verifier, trust.inline_signer.bearer(
+        claims={"exp": exp_2100, "tenant": INLINE_TENANT}))
+
+
+@pytest.mark.parametrize(("age", "exp_from_now", "accepted"), [
+    (MAX_LIFETIME, 0, True),  # issued an hour ago, expires now
+    (MAX_LIFETIME + LEEWAY - 5, -LEEWAY + 5, True),  # expired 55 s ago: inside the 60 s skew allowance, as today
+    (MAX_LIFETIME + LEEWAY + 5, -LEEWAY - 5, False),  # the oldest iat ever accepted is max lifetime + leeway
+    (MAX_LIFETIME + 1, 60, False),  # an iat over an hour old is refused even while exp is still ahead
+])
+def test_the_age_of_iat_is_bounded(
+    verifier: RequestVerifier, trust: TrustSetup, jwks_server: responses.RequestsMock, age: int,
+    exp_from_now: int, accepted: bool,
+) -> None:
+    now = int(time.time())
+    header = trust.es_signer.bearer(claims={"iat": now - age, "exp": now + exp_from_now})
+    if accepted:
+        assert verifier.verify(header, SERVICE_URL) is not None
+    else:
+        assert_rejected(verifier, header)
+
+
+def test_clock_skew_on_iat_is_allowed_as_before(
+    verifier: RequestVerifier, trust: TrustSetup, jwks_server: responses.RequestsMock
+) -> None:
+    # A client clock 50 s ahead: iat in the future within the leeway, full maximum lifetime from that iat.
+    now = int(time.time())
+    skewed = now + LEEWAY - 10
+    header = trust.es_signer.bearer(claims={"iat": skewed, "exp": skewed + MAX_LIFETIME})
+    assert verifier.verify(header, SERVICE_URL) is not None
+
+
+@pytest.mark.parametrize("iat", ["1700000000", True, None, 1.5e308])
+def test_iat_must_be_a_numeric_date(
+    verifier: RequestVerifier, trust: TrustSetup, jwks_server: responses.RequestsMock, iat: Any
+) -> None:
+    # RFC 7519 NumericDate is a JSON number; PyJWT alone accepts the string "1700000000" (int() of it).
+    assert_rejected(verifier, trust.es_signer.bearer(claims={"iat": iat}))
+
+
+@pytest.mark.parametrize("exp", [10**400, 1e300, 2**63])
+def test_absurd_exp_values_are_refused_as_too_long_lived(
+    verifier: RequestVerifier, trust: TrustSetup, jwks_server: responses.RequestsMock, exp: Any
+) -> None:
+    assert "lifetime" in assert_rejected(verifier, trust.es_signer.bearer(claims={"exp": exp}))
+
+
+def test_exp_before_iat_is_refused(
+    verifier: RequestVerifier, trust: TrustSetup, jwks_server: responses.RequestsMock
+) -> None:
+    now = int(time.time())
+    assert "lifetime" in assert_rejected(verifier, trust.es_signer.bearer(claims={"iat": now + 30, "exp": now + 20}))
+
+
+@pytest.mark.parametrize(("max_lifetime", "lifetime", "accepted"), [(300, 300, True), (300, 301, False)])
+def test_max_lifetime_is_configurable(
+    trust: TrustSetup, jwks_server: responses.RequestsMock, max_lifetime: int, lifetime: int, accepted: bool
+) -> None:
+    verifier = RequestVerifier.from_settings(
+        settings_for(trust.issuers_file, jwt_max_lifetime_s=max_lifetime), InMemoryReplayGuard())
+    now = int(time.time())
+    header = trust.es_signer.bearer(claims={"iat": now, "exp": now + lifetime})
+    if accepted:
+        assert verifier.verify(header, SERVICE_URL) is not None
+    else:
+        assert "lifetime" in assert_rejected(verifier, header)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dev mode
+# ---------------------------------------------------------------------------------------------------------
 
 def test_dev_mode_allows_a_missing_header() -> None:
     verifier = RequestVerifier.from_settings(settings_for(None, dev=True), None)
@@ -456,8 +666,7 @@ def test_dev_mode_still_verifies_a_present_token(session_keys: dict[str, Signing
 def test_dev_mode_trusts_the_sandbox_issuer_through_its_published_jwks(
     session_keys: dict[str, SigningKey],
 ) -> None:
-    with open(SANDBOX_JWKS_FILE, encoding="utf-8") as handle:
-        sandbox_jwks = json.load(handle)
+    sandbox_jwks = sandbox_published_jwks()
     sandbox_kid = sandbox_jwks["keys"][0]["kid"]
     verifier = RequestVerifier.from_settings(settings_for(None, dev=True), None)
     with responses.RequestsMock() as rsps:

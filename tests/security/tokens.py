@@ -18,6 +18,7 @@ import responses
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from cds_service.config import Settings, load_settings
+from tests.support.shared_data import SANDBOX_JWKS_FILE
 
 PUBLIC_BASE_URL = "https://cds.example.org"
 DISCOVERY_URL = f"{PUBLIC_BASE_URL}/cds-services"
@@ -29,6 +30,12 @@ JKU_URL = "https://ehr.example.org/.well-known/jwks.json"
 INLINE_ISSUER = "https://other-ehr.example.org/fhir-auth"
 INLINE_TENANT = "hospital-a"
 ATTACKER_JKU = "https://attacker.example.net/jwks.json"
+# A jku the inline-keys issuer's tokens may carry: served (with an attacker's key under the pinned kid) so a fetch
+# would both be counted and let a forgery through; pinned keys mean it is never fetched (issue 16 item 5).
+PINNED_ISSUER_JKU = "https://other-ehr.example.org/.well-known/jwks.json"
+# The public CDS Hooks sandbox (cds-hooks-2.0.md section 2.1 "JWT"): fixed iss, and a jku on every token.
+SANDBOX_ISS = "https://sandbox.cds-hooks.org"
+SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 
 
 @dataclass
@@ -54,6 +61,12 @@ def make_key(alg: str, kid: str | None = None) -> SigningKey:
     else:
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return SigningKey(kid=kid or str(uuid.uuid4()), alg=alg, private_key=private)
+
+
+def sandbox_published_jwks() -> dict[str, Any]:
+    """The sandbox's published public JWK Set, read from the shared data beside the repository."""
+    data: dict[str, Any] = json.loads(SANDBOX_JWKS_FILE.read_text(encoding="utf-8"))
+    return data
 
 
 def jwks(*keys: SigningKey) -> dict[str, Any]:
@@ -138,6 +151,8 @@ def settings_for(issuers_file: Path | None, *, dev: bool = False, **overrides: A
         "dev": dev,
         "public_base_url": PUBLIC_BASE_URL,
         "trusted_issuers_file": str(issuers_file) if issuers_file else "",
+        # Production mode requires the audit chain key (a throwaway test value, not a secret).
+        "audit_chain_key": "test-audit-chain-key-" + "0" * 43,
     }
     values.update(overrides)
     return load_settings(environ={}, **values)

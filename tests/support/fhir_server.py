@@ -42,7 +42,7 @@ Resource = dict[str, Any]
 SERVER_DIR = Path(__file__).resolve().parent.parent / "fhir_server"
 # FHIR R4 id datatype (https://hl7.org/fhir/R4/datatypes.html#id). Medplum's MemoryRepository accepts any
 # string, so the helper checks it: a bad id would otherwise load fine here and fail on a real server.
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")  # \Z: "$" would accept a final newline
 _REQUEST_TIMEOUT_S = 60.0  # Synthea transactions take ~0.2 s; this only bounds a wedged server.
 
 

@@ -23,6 +23,8 @@ COPY pyproject.toml README.md ./
 COPY cds_service/ cds_service/
 COPY fhir_mappings/ fhir_mappings/
 COPY cards/ cards/
+COPY findings/ findings/
+COPY synth/ synth/
 # The wheel is built with the locked build backend (no isolated, unpinned download of hatchling) and installed
 # without dependencies: they are all in the virtualenv already.
 RUN /opt/build-tools/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \

@@ -18,7 +18,7 @@ Load comes from ``wrk`` (Debian package) with ``benchmarks/post.lua``. The servi
 client JWT and a plain-http FHIR server on 127.0.0.1 are accepted. One more instance runs in production mode
 (no ``CDS_DEV``) and gets a signed JWT with its own ``jti`` on every call, as from an EHR; wrk cannot sign, so
 ``benchmarks/client_tokens.py`` signs them before each wrk run. The patient records come from the synthetic
-cohort generator (``cds_service.synth``), dated relative to today.
+cohort generator (``synth``), dated relative to today.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ if str(REPO) not in sys.path:
 from benchmarks import adversarial  # noqa: E402
 from benchmarks.client_tokens import ClientTokens  # noqa: E402
 from cds_service.services import service_definitions  # noqa: E402
-from cds_service.synth import SynthPatient, generate_patient, transaction_bundles  # noqa: E402
+from synth import SynthPatient, generate_patient, transaction_bundles  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 LUA_SCRIPT = BENCH_DIR / "post.lua"

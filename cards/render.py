@@ -26,6 +26,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from findings import SuggestionSpec as SuggestionSpec  # the suggestion a rule asks for (leaf package)
+
 SUMMARY_LIMIT = 140  # CDS Hooks 2.0 Card.summary: "<140 characters"
 GLOBAL_FIELDS = frozenset({"kdigo_caveat"})
 MORE_BLOCK = "more_md"  # where the rule-page line goes (filled by the renderer; appended when a detail omits it)
@@ -142,6 +144,20 @@ def templates() -> Templates:
     return parse_templates(text, package.joinpath("override_reasons.toml").read_text(encoding="utf-8"))
 
 
+def add_rule_template(rule_id: str, template: Mapping[str, Any]) -> None:
+    """Add a card template for ``rule_id`` to the loaded templates (a rule shipped outside ``templates.toml``,
+    e.g. a test's own rule); ValueError when the rule already has one. ``check_templates`` checks it as any."""
+    rules = templates().rules
+    if rule_id in rules:
+        raise ValueError(f"rule {rule_id} already has a card template")
+    rules[rule_id] = dict(template)
+
+
+def remove_rule_template(rule_id: str) -> None:
+    """Remove a template added with ``add_rule_template``."""
+    templates().rules.pop(rule_id, None)
+
+
 def _summaries(rule: Mapping[str, Any]) -> dict[str, str]:
     found = {"": str(rule.get("summary", ""))}
     variants = rule.get("variants", {})
@@ -192,6 +208,9 @@ def check_templates(declared: Mapping[str, Iterable[str]], tpl: Templates | None
                     f"{where}: can reach {literal + width} characters with maximum-width values "
                     f"(limit < {SUMMARY_LIMIT})"
                 )
+        hide = rule.get("hide_lines", [])
+        if not isinstance(hide, list) or any(not isinstance(k, str) or k not in tpl.phrases for k in hide):
+            problems.append(f"rule {rule_id}: hide_lines must list [phrases] keys")
         unknown_links = set(rule.get("links", [])) - LINK_KINDS
         if unknown_links:
             problems.append(f"rule {rule_id}: unknown link kind(s) {sorted(unknown_links)} (use smart, rule)")
@@ -328,18 +347,6 @@ def bullet_block(heading_key: str, lines: Sequence[str]) -> str:
     if not items:
         return ""
     return phrase(heading_key) + "\n" + "\n".join(f"- {line}" for line in items)
-
-
-@dataclass(frozen=True)
-class SuggestionSpec:
-    """An abstract suggestion a rule asks for; rendered into FHIR actions here."""
-
-    kind: str                      # "labs" | "delete" | "replace-gluconate" | "consult"
-    label: str                     # key in [suggestions]
-    labs: tuple[str, ...] = ()     # LOINC codes for "labs"
-    order_ref: str = ""            # "MedicationRequest/<id>" for delete / replace
-    specialty: str = ""            # key in [consults]
-    label_values: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -63,15 +63,18 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     _register_request_hooks(app, settings)
     _register_error_handlers(app)
 
-    from cds_service import api, metrics, ops, smart
+    from cds_service import api, ops, smart
     from cds_service.audit.admin_api import create_admin_blueprint
 
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
-    app.register_blueprint(metrics.bp)
     app.register_blueprint(smart.bp)  # SMART on FHIR risk viewer (issue #6)
     # Audit query/export API (issue #4): PHI, so it answers 404 unless CDS_ADMIN_TOKEN is configured.
     app.register_blueprint(create_admin_blueprint(settings, lambda: app.extensions["calcinosis"].audit))
+    # Alert governance dashboard (issue 19): also 404 unless CDS_ADMIN_TOKEN is configured.
+    from cds_service.governance.views import create_governance_blueprint
+
+    app.register_blueprint(create_governance_blueprint(settings, lambda: app.extensions["calcinosis"].audit))
     return app
 
 

@@ -24,12 +24,11 @@ from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import jwt
-import requests
-import urllib3
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt import PyJWK
 
 from cds_service.config import ConfigError, Settings
+from cds_service.json_fetch import JsonFetchFailed, fetch_json
 
 logger = logging.getLogger(__name__)
 
@@ -286,21 +285,18 @@ class _AllowlistedJwks:
 
     def _fetch(self) -> Any:
         try:
-            # No redirects: a redirect could move the fetch to a host nobody allowlisted.
-            with requests.get(self.uri, timeout=self._timeout, allow_redirects=False, stream=True,
-                              headers={"Accept": "application/json"}) as response:
-                if response.status_code != 200:
-                    raise _JwksFetchFailed(f"JWKS endpoint answered HTTP {response.status_code}")
-                body = response.raw.read(MAX_JWKS_BYTES + 1, decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            # raw.read() bypasses requests' exception wrapping, hence the urllib3/OSError cases.
-            raise _JwksFetchFailed(f"JWKS endpoint unreachable ({exc.__class__.__name__})") from None
-        if len(body) > MAX_JWKS_BYTES:
-            raise _JwksFetchFailed(f"JWKS document larger than {MAX_JWKS_BYTES} bytes")
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise _JwksFetchFailed("JWKS endpoint did not return JSON") from None
+            # No redirects (json_fetch): a redirect could move the fetch to a host nobody allowlisted.
+            reply = fetch_json(self.uri, max_bytes=MAX_JWKS_BYTES, timeout=self._timeout,
+                               headers={"Accept": "application/json"})
+        except JsonFetchFailed as exc:
+            if exc.kind == "too-large":
+                raise _JwksFetchFailed(f"JWKS document larger than {MAX_JWKS_BYTES} bytes") from None
+            raise _JwksFetchFailed(f"JWKS endpoint {exc}") from None
+        if reply.status != 200:
+            raise _JwksFetchFailed(f"JWKS endpoint answered HTTP {reply.status}")
+        if reply.body is None:
+            raise _JwksFetchFailed("JWKS endpoint did not return JSON")
+        return reply.body
 
 
 def _signing_keys(document: Any) -> dict[str, VerificationKey]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -9,7 +10,27 @@ import click
 from cds_service.config import ConfigError, load_settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; ``synth`` (a package of its own beside the service) is imported only when it is used."""
+
+    _LAZY = {"synth": ("synth.cli", "synth_command"),
+             "demo-audit": ("cds_service.governance.demo_cmd", "demo_audit_command")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command name, the lazy ones included."""
+        return sorted({*super().list_commands(ctx), *self._LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command called ``cmd_name``, importing its module first when it is a lazy one."""
+        if cmd_name in self._LAZY:
+            module, name = self._LAZY[cmd_name]
+            command = getattr(importlib.import_module(module), name)
+            assert isinstance(command, click.Command)  # noqa: S101 - a wrong _LAZY entry is a programming error
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Calcinosis cutis risk CDS Hooks 2.0 service."""
 
@@ -67,10 +88,6 @@ from cds_service.evaluate_cmd import evaluate  # noqa: E402
 main.add_command(audit)
 main.add_command(db)
 main.add_command(evaluate)
-
-from cds_service.synth import synth_command  # noqa: E402 - registered after main is defined
-
-main.add_command(synth_command)
 
 
 def _fail(message: str) -> None:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from cards.blocks import folded_names, resolve_fields
 from cards.render import CardRequest, RenderedCard, bullet_block, check_templates, phrase, render_card, text
+from cds_service.governance.values import governance_values
 from cds_service.rules import INCOMPLETE, RULES, declared_fields, evaluate, incomplete_finding
 from cds_service.rules.base import ORDER_HOOKS, PATIENT_VIEW, Finding
+from cds_service.rules.states import PatientState, derive_states
 from fhir_mappings.extract import extract
 from fhir_mappings.facts import DraftOrder, SetAside, Skipped
 from fhir_mappings.orders import parse_draft_orders
-from fhir_mappings.states import derive_states
 from fhir_mappings.units import unit_table
 from fhir_mappings.valuesets import default_index
 
@@ -78,6 +80,8 @@ class Assessment:
     cards: list[AssessedCard]
     rules_evaluated: list[tuple[str, str]]
     skipped: list[dict[str, str]]
+    # Issue 19: the numeric values a patient-view call computed, fired or not (cds_service.governance.values).
+    governance_values: dict[str, Any] | None = None
 
 
 def _as_utc(now: datetime) -> datetime:
@@ -112,10 +116,10 @@ SET_ASIDE_SHOWN = 5  # a long list would push the facts off the card; the audit 
 
 
 def _to_card(finding: Finding, patient_id: str, links_base_url: str = "", ignored_md: str = "") -> AssessedCard:
-    fields = dict(finding.fields)
+    fields = resolve_fields(finding.rule_id, finding.fields)
     fields["ignored_md"] = ignored_md
     if finding.folded:
-        fields["folded_md"] = phrase("folded_line", names="; ".join(dict.fromkeys(finding.folded)))
+        fields["folded_md"] = phrase("folded_line", names=folded_names(finding.folded))
     rendered = render_card(
         CardRequest(
             rule_id=finding.rule_id,
@@ -179,6 +183,7 @@ def assess(record: PatientRecord, hook: str, now: datetime, options: EngineOptio
         return Assessment(cards=[], rules_evaluated=[], skipped=[])
     patient_id = _patient_id(record, "")
     ignored_md = ""
+    values: dict[str, Any] | None = None
     try:
         index = default_index()
         resources = _as_list(record.resources)
@@ -198,8 +203,10 @@ def assess(record: PatientRecord, hook: str, now: datetime, options: EngineOptio
         state = derive_states(facts)
         skipped.extend(state.facts.skipped[len(facts.skipped):])  # post-dialysis samples set aside (§8 C18)
         ignored_md = set_aside_block(state.facts.set_aside)
+        if hook == PATIENT_VIEW:
+            values = _governance_values(state)
         result = evaluate(
-            state, hook, orders, is_option_on=lambda name: bool(getattr(options, name, False)),
+            state, hook, orders, options=asdict(options),
             unreadable=[str(u) for u in _as_list(record.unreadable)],
         )
         evaluated = result.evaluated
@@ -223,7 +230,17 @@ def assess(record: PatientRecord, hook: str, now: datetime, options: EngineOptio
                                           options.links_base_url))
                 except Exception:
                     log.exception("rendering the incomplete card failed")
-    return Assessment(cards=cards, rules_evaluated=evaluated, skipped=summarise_skipped(skipped))
+    return Assessment(cards=cards, rules_evaluated=evaluated, skipped=summarise_skipped(skipped),
+                      governance_values=values)
+
+
+def _governance_values(state: PatientState) -> dict[str, Any] | None:
+    """Issue 19: the values for the what-if simulator; a failure here never changes the cards (None)."""
+    try:
+        return governance_values(state)
+    except Exception:
+        log.exception("computing the governance values failed")
+        return None
 
 
 SKIPPED_LISTED = 10   # per (resource type, reason): more than this become one entry with a count (issue 16 item 1)
@@ -247,6 +264,21 @@ def summarise_skipped(skipped: Sequence[Skipped]) -> list[dict[str, Any]]:
     return summary
 
 
+def check_rule_options() -> list[str]:
+    """Every option a rule declares is an ``EngineOptions`` field of the declared default's type (start-up check:
+    a misspelt option would otherwise leave a rule silently off). Empty list = OK."""
+    known = {f.name: f.default for f in fields(EngineOptions)}
+    problems: list[str] = []
+    for rule_id, definition in RULES.items():
+        for name, default in definition.options.items():
+            if name not in known:
+                problems.append(f"rule {rule_id}: option {name} is not an engine option")
+            elif type(default) is not type(known[name]):
+                problems.append(f"rule {rule_id}: option {name} default {default!r} is not a "
+                                f"{type(known[name]).__name__}")
+    return problems
+
+
 def check_content() -> list[str]:
     """Start-up content check: value sets, unit table, card templates and the FHIR resources they build.
     Empty list = OK."""
@@ -257,6 +289,7 @@ def check_content() -> list[str]:
     except (OSError, ValueError) as exc:
         problems.append(f"fhir_mappings/units.toml: {exc}")
     problems.extend(check_templates(declared_fields()))
+    problems.extend(check_rule_options())
     # The FHIR resources card suggestions carry, built from the templates and validated as R4B (issue #14).
     from cds_service.fhir_validation import check_template_resources
 

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from cds_service.engine import EngineOptions, PatientRecord, assess
-from fhir_mappings.extract import parse_datetime
+from fhir_mappings.datetimes import parse_datetime
 
 HOOK_CHOICES = ("patient-view", "order-select", "order-sign")
 

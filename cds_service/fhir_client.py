@@ -14,7 +14,6 @@ Safety properties (CDS Hooks 2.0 "FHIR Resource Access" and our hardening rules)
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from http.cookiejar import Cookie, DefaultCookiePolicy
@@ -27,6 +26,7 @@ from requests.cookies import RequestsCookieJar
 from urllib3.util.retry import Retry
 
 from cds_service.config import Settings
+from cds_service.json_fetch import JsonFetchFailed, fetch_json
 from cds_service.url_policy import FhirServerNotAllowed as FhirServerNotAllowed
 from cds_service.url_policy import check_server_allowed as check_server_allowed
 from cds_service.url_policy import within
@@ -136,30 +136,23 @@ class FhirClient:
             # must stay below the allowed base, and its path must not change under normalisation.
             raise FhirAccessError("FHIR URL refused: it leaves the server's base or is not in normal form")
         try:
-            response = self._session.get(url, headers=self._headers, timeout=self._timeout,
-                                         allow_redirects=False, stream=True)
-        except requests.Timeout:
-            raise FhirAccessError("FHIR server timed out") from None
-        except requests.RequestException as exc:
-            raise FhirAccessError(f"FHIR server unreachable ({type(exc).__name__})") from None
-        with response:
-            if 300 <= response.status_code < 400:
-                # Never follow: a redirect could carry the bearer token to another host.
-                raise FhirAccessError(f"FHIR server answered a redirect ({response.status_code}); not followed")
-            if response.status_code >= 400:
-                raise FhirAccessError(f"FHIR server answered HTTP {response.status_code}",
-                                      status=response.status_code)
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > _MAX_RESPONSE_BYTES:
-                raise FhirAccessError("FHIR response too large")
-            raw = response.raw.read(_MAX_RESPONSE_BYTES + 1, decode_content=True)
-            if len(raw) > _MAX_RESPONSE_BYTES:
-                raise FhirAccessError("FHIR response too large")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise FhirAccessError("FHIR server returned a body that is not JSON") from None
-        if not isinstance(body, dict):
+            reply = fetch_json(url, max_bytes=_MAX_RESPONSE_BYTES, timeout=self._timeout, headers=self._headers,
+                               session=self._session)
+        except JsonFetchFailed as exc:
+            if exc.kind == "timeout":
+                raise FhirAccessError("FHIR server timed out") from None
+            if exc.kind == "too-large":
+                raise FhirAccessError("FHIR response too large") from None
+            raise FhirAccessError(f"FHIR server {exc}") from None
+        if 300 <= reply.status < 400:
+            # Never followed (json_fetch): a redirect could carry the bearer token to another host.
+            raise FhirAccessError(f"FHIR server answered a redirect ({reply.status}); not followed")
+        if reply.status >= 400:
+            raise FhirAccessError(f"FHIR server answered HTTP {reply.status}", status=reply.status)
+        if reply.body is None:
+            raise FhirAccessError("FHIR server returned a body that is not JSON")
+        body = reply.object()
+        if body is None:
             raise FhirAccessError("FHIR server returned JSON that is not a resource")
         return body
 

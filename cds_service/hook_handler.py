@@ -56,6 +56,7 @@ def handle_hook_call(runtime: Runtime, service: ServiceDefinition, body: Any,
     card_records: list[CardRecord] = []
     error: str | None = None
     tenant: Tenant | None = None
+    values: dict[str, Any] | None = None
     try:
         request = parse_hook_request(body, service.hook)
         # Issue 15 item 1: all alert state is the tenant's (client + FHIR server).
@@ -68,6 +69,7 @@ def handle_hook_call(runtime: Runtime, service: ServiceDefinition, body: Any,
         assessment = assess(patient_record, service.hook, now, options)
         record_rule_failures(s["id"] for s in assessment.skipped if s.get("resource_type") == "rule")
         skipped, rules_evaluated = assessment.skipped, assessment.rules_evaluated
+        values = assessment.governance_values
         shown, card_records = apply_alert_policy(
             assessment.cards, hook=service.hook, patient_id=request.patient_id, now=now,
             settings=runtime.settings, audit=runtime.audit,
@@ -93,7 +95,7 @@ def handle_hook_call(runtime: Runtime, service: ServiceDefinition, body: Any,
             service.id, service.hook, client, now, outcome.status, error, request_started, body=body,
             request=request, tenant=tenant, data_sources=data.sources,
             duration_ms=(time.perf_counter() - started) * 1000.0, skipped_resources=skipped,
-            rules_evaluated=rules_evaluated, cards=card_records))
+            rules_evaluated=rules_evaluated, cards=card_records, governance_values=values))
     return outcome
 
 
@@ -106,7 +108,8 @@ def hook_call_record(service_id: str, hook: str, client: ClientIdentity | None, 
                          data_sources: dict[str, str] | None = None, duration_ms: float = 0.0,
                          skipped_resources: list[dict[str, Any]] | None = None,
                          rules_evaluated: list[tuple[str, str]] | None = None,
-                         cards: list[CardRecord] | None = None) -> HookCallRecord:
+                         cards: list[CardRecord] | None = None,
+                         governance_values: dict[str, Any] | None = None) -> HookCallRecord:
     """The audit record of one authenticated hook call, whatever its answer (issue 15 item 7).
 
     The hook handler's evaluated calls (200, 400 envelope, 412) pass what the evaluation found; a body that
@@ -134,6 +137,7 @@ def hook_call_record(service_id: str, hook: str, client: ClientIdentity | None, 
         request_ms=_elapsed_ms(request_started),
         fhir_server=tenant.fhir_server if tenant else None,
         tenant_key=tenant.key if tenant else None,
+        governance_values=governance_values,
     )
 
 

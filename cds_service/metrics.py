@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from flask import Blueprint, Response
-
 from cds_service.config import ConfigError
 
 if TYPE_CHECKING:
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MULTIPROC_ENV",
-    "bp",
     "check_multiprocess_dir",
     "mark_worker_dead",
     "multiprocess_dir",
@@ -276,17 +273,3 @@ def render_metrics(spool_depth: int | None) -> tuple[bytes, str]:
         extra.register(_SpoolDepthCollector(spool_depth))
         body += generate_latest(extra)
     return body, CONTENT_TYPE_LATEST
-
-
-bp = Blueprint("metrics", __name__)
-
-
-@bp.get("/metrics")
-def metrics_endpoint() -> Response:
-    """GET /metrics: Prometheus text format, no authentication (no PHI; see deploy/README.md)."""
-    from cds_service.runtime import get_runtime
-
-    runtime = get_runtime()
-    depth = runtime.audit.spool_depth() if runtime.audit is not None else None
-    body, content_type = render_metrics(depth)
-    return Response(body, status=200, content_type=content_type)

@@ -1,4 +1,8 @@
-"""Operational endpoints outside authentication: liveness and readiness probes."""
+"""Operational endpoints outside authentication: liveness and readiness probes, and the Prometheus scrape.
+
+The HTTP side of metrics lives here, not in cds_service/metrics.py: metrics.py is imported by the audit store,
+so a route there that reads the runtime closed an import cycle (audit -> metrics -> runtime -> audit; issue 17).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 from flask import Blueprint, Response, jsonify
 
 from cds_service.errors import operation_outcome
+from cds_service.metrics import render_metrics
 from cds_service.runtime import get_runtime
 
 bp = Blueprint("ops", __name__)
@@ -37,3 +42,12 @@ def readyz() -> tuple[Response, int]:
                         "note": "audit database unreachable; records are spooled and replayed later"}), 200
     return jsonify(operation_outcome("audit database unreachable and the local spool is not writable: calls "
                                      "could not be recorded", status=503, code="transient")), 503
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """GET /metrics: Prometheus text format, no authentication (no PHI; see deploy/README.md)."""
+    runtime = get_runtime()
+    depth = runtime.audit.spool_depth() if runtime.audit is not None else None
+    body, content_type = render_metrics(depth)
+    return Response(body, status=200, content_type=content_type)

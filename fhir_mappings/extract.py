@@ -23,6 +23,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from fhir_mappings.datetimes import parse_datetime
 from fhir_mappings.facts import (
     ConditionFact,
     LabResult,
@@ -36,7 +37,7 @@ from fhir_mappings.facts import (
     new_lab_result,
     new_procedure_fact,
 )
-from fhir_mappings.units import canonical_unit, unit_rule
+from fhir_mappings.units import canonical_unit, convert, unit_rule
 from fhir_mappings.valuesets import (
     CONDITION_VALUESETS,
     LAB_VALUESETS,
@@ -67,12 +68,12 @@ KIND_ANALYTE = {
 }
 
 # §8 C6 plausibility, per value set, in the canonical unit after normalisation: (low, high, as a clinician reads
-# it). Ionized calcium is stored in mg/dL like every calcium (x 4.008), so its mmol/L limits are converted here.
+# it). Ionized calcium is stored in mg/dL like every calcium (units.toml), so its mmol/L limits are converted here.
 PLAUSIBLE: dict[str, tuple[float, float, str]] = {
     "lab-calcium-total": (2.0, 25.0, "2–25 mg/dL"),
     "lab-calcium-blood": (2.0, 25.0, "2–25 mg/dL"),
     "lab-calcium-corrected": (2.0, 25.0, "2–25 mg/dL"),
-    "lab-calcium-ionized": (0.3 * 4.008, 5.0 * 4.008, "0.3–5 mmol/L"),
+    "lab-calcium-ionized": (convert("calcium", 0.3, "mmol/L"), convert("calcium", 5.0, "mmol/L"), "0.3–5 mmol/L"),
     "lab-phosphate": (0.1, 30.0, "0.1–30 mg/dL"),
     "lab-albumin": (0.5, 8.0, "0.5–8 g/dL"),
     "lab-pth": (0.0, 10_000.0, "0–10,000 pg/mL"),
@@ -133,71 +134,6 @@ _UNPARSED = object()
 
 # Section 2.7 CALCIPHYLAXIS_DX: text match on Condition.code.text / coding.display.
 CALCIPHYLAXIS_TEXT = re.compile(r"calciphylaxis|calcific uremic arteriolopathy", re.IGNORECASE)
-
-_DATETIME = re.compile(
-    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
-)
-
-
-def _fast_datetime(value: str) -> datetime | None:
-    """The three shapes nearly every record uses, parsed in C; None means "use the general parser".
-
-    ``YYYY-MM-DD``, ``YYYY-MM-DDThh:mm:ssZ`` and ``YYYY-MM-DDThh:mm:ss+hh:mm``: for exactly these shapes
-    ``datetime.fromisoformat`` (Python >= 3.11, strict digits) gives the same instant as the regex below at a
-    fraction of the cost (a typical record has ~300 timestamps; BENCHMARKS.md, issue #7). Anything else,
-    or anything it rejects, goes through the regex path unchanged.
-    """
-    # value[4::3] picks the separator positions 4, 7, 10, 13, 16, 19 (and 22): one slice, one comparison.
-    size = len(value)
-    if size == 20:
-        if value[4::3] != "--T::Z":
-            return None
-        try:
-            return datetime.fromisoformat(value)  # "Z" gives tzinfo UTC itself: no conversion needed
-        except ValueError:
-            return None
-    if size == 10:
-        if value[4::3] != "--":
-            return None
-    elif size != 25 or value[4::3] not in ("--T::+:", "--T::-:"):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00:00+01:00 is before datetime.min in UTC
-        return None
-
-
-def parse_datetime(value: object) -> datetime | None:
-    """Parse a FHIR date/dateTime/instant to aware UTC; partial dates -> start of period, no zone -> UTC."""
-    if not isinstance(value, str):
-        return None
-    fast = _fast_datetime(value)
-    return fast if fast is not None else _regex_datetime(value)
-
-
-def _regex_datetime(value: str) -> datetime | None:
-    """The general parser: every FHIR precision (year .. fractional seconds), any offset, stray whitespace."""
-    m = _DATETIME.match(value.strip())
-    if not m:
-        return None
-    year, month, day, hour, minute, second, zone = m.groups()
-    try:
-        dt = datetime(
-            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0),
-            tzinfo=UTC,
-        )
-    except ValueError:
-        return None
-    if zone and zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-        try:
-            dt = dt - sign * offset  # the wall time was local; convert to UTC
-        except OverflowError:  # 9999-12-31T23:59:59-14:00 and the like: unusable, never fatal (§8 C6)
-            return None
-    return dt
-
 
 def parse_date(value: object) -> date | None:
     """Parse a FHIR date (partial allowed) to a date."""
@@ -396,9 +332,9 @@ class _Extractor:
         if type(value) is str:
             parsed = self._times.get(value, _UNPARSED)  # not try/except: a miss raises nothing
             if parsed is _UNPARSED:
-                parsed = self._times[value] = _parse_time(value)
+                parsed = self._times[value] = parse_datetime(value)
             return parsed  # type: ignore[return-value]
-        return None if value is None else parse_datetime(value)
+        return parse_datetime(value)  # None for a non-string
 
     def period_time(self, period: object) -> datetime | None:
         """A Period's time: its end, else its start (through the memo)."""
@@ -729,17 +665,17 @@ class _Extractor:
         # the per-record memo. A date outside 1900 .. NOW + 24 h is unusable (undated), never fatal.
         latest = self.latest
         performed = proc.get("performedDateTime")
-        start = None if performed is None else _parse_time(performed)
+        start = parse_datetime(performed)
         if start is not None and not EARLIEST_DATE <= start <= latest:
             start = None
         end = None
         period = proc.get("performedPeriod")
         if type(period) is dict:
             if start is None:
-                start = _parse_time(period.get("start"))
+                start = parse_datetime(period.get("start"))
                 if start is not None and not EARLIEST_DATE <= start <= latest:
                     start = None
-            end = _parse_time(period.get("end"))
+            end = parse_datetime(period.get("end"))
             if end is not None and not EARLIEST_DATE <= end <= latest:
                 end = None
         if end is None and start is not None:
@@ -796,17 +732,6 @@ class _Extractor:
         self.medication_history.append(fact)  # any status but entered-in-error / draft / not-taken (§8.0 C16)
         if active:
             self.medications.append(fact)
-
-
-def _parse_time(value: object) -> datetime | None:
-    """``parse_datetime`` with the commonest shape (``YYYY-MM-DDThh:mm:ssZ``) handled inline: one call less per
-    timestamp on the hot path (~300 per typical record). Same answer: this is ``_fast_datetime``'s first case."""
-    if type(value) is str and len(value) == 20 and value[4::3] == "--T::Z":
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            pass
-    return None if value is None else parse_datetime(value)
 
 
 def medication_concepts(

@@ -64,6 +64,9 @@ class HookCallRecord:
     # Milliseconds from the request reaching the app until its response was ready (issue 15 item 7), beside
     # ``duration_ms`` (evaluation only); None for records written before it existed.
     request_ms: float | None = None
+    # Issue 19: Ca x P, Ca, P, PTH multiple and R07 co-factor count a patient-view call computed, fired or not
+    # (cds_service.governance.values); None for other hooks, failed calls and records made before it existed.
+    governance_values: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def call_to_json(spooled: SpooledCall) -> dict[str, Any]:
             "fhir_server": record.fhir_server,
             "tenant_key": record.tenant_key,
             "request_ms": record.request_ms,
+            "governance_values": record.governance_values,
             "cards": [
                 {
                     "card_uuid": card.card_uuid,
@@ -193,6 +197,7 @@ def call_from_json(data: dict[str, Any]) -> SpooledCall:
         fhir_server=call.get("fhir_server"),
         tenant_key=call.get("tenant_key"),
         request_ms=None if call.get("request_ms") is None else float(call["request_ms"]),  # absent in older files
+        governance_values=_optional_dict(call.get("governance_values")),  # absent in files spooled before issue 19
     )
     return SpooledCall(
         record_uuid=str(data["record_uuid"]),
@@ -204,3 +209,8 @@ def call_from_json(data: dict[str, Any]) -> SpooledCall:
 def _optional_strings(value: Any) -> list[str] | None:
     """A spooled list of strings; None when absent (a spool file written before the field existed)."""
     return None if value is None else [str(item) for item in value]
+
+
+def _optional_dict(value: Any) -> dict[str, Any] | None:
+    """A spooled JSON object; None when absent or not an object."""
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else None

@@ -106,11 +106,15 @@ calls = Table(
     # and the digest of (client iss, tenant claim, fhirServer). NULL in rows written before it.
     Column("fhir_server", Text, info={"added_in": "0003"}),
     Column("tenant_key", String(64), info={"added_in": "0003"}),
+    # Issue 19 (migration 0006): the values a patient-view call computed, fired or not, for the what-if
+    # simulator (cds_service.governance.values). NULL in rows written before it, hashed without it.
+    Column("governance_values", JSON(none_as_null=True), info={"added_in": "0006"}),
     Column("recorded_at", UtcDateTime, nullable=False),
     Column("record_hash", HASH, nullable=False),
     Column("key_id", KEY_ID),  # the chain key that signed the row (migration 0005); NULL: legacy SHA-256
     Index(None, "patient_id", "received_at"),
     Index(None, "tenant_key", "patient_id", "received_at"),
+    Index(None, "tenant_key", "received_at"),  # the governance dashboard's tenant filter (migration 0006)
 )
 
 cards = Table(

@@ -416,6 +416,7 @@ def _call_rows(spooled: SpooledCall) -> CallRows:
         "fhir_server": record.fhir_server,
         "tenant_key": record.tenant_key,
         "request_ms": None if record.request_ms is None else float(record.request_ms),
+        "governance_values": None if record.governance_values is None else json_safe(record.governance_values),
     }
     card_rows = [{
         "card_uuid": card.card_uuid,

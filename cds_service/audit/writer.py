@@ -51,6 +51,13 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _nullable(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``convert``, except that None stays None (SQL NULL)."""
+    def bind(value: Any) -> Any:
+        return None if value is None else convert(value)
+    return bind
+
+
 class RowInsert:
     """``INSERT INTO table (every column) VALUES (...)`` with one converter per column."""
 
@@ -65,7 +72,10 @@ class RowInsert:
             if isinstance(column.type, UtcDateTime):
                 self.converters.append(to_time)
             elif isinstance(column.type, JSON):
-                self.converters.append(to_json)
+                # ``JSON(none_as_null=True)`` columns store a missing value as SQL NULL, as SQLAlchemy Core does
+                # (issue 19: governance_values, whose queries select ``IS NOT NULL``); the others JSON null.
+                none_as_null = bool(getattr(column.type, "none_as_null", False))
+                self.converters.append(_nullable(to_json) if none_as_null else to_json)
             elif column.type.python_type in (int, float, str, bool):
                 self.converters.append(_identity)
             else:  # pragma: no cover - a new column type must be taught here, not silently mis-stored

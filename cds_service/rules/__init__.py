@@ -10,12 +10,11 @@ rule never passes for "nothing fired".
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cards.render import SuggestionSpec, templates
 from fhir_mappings.facts import DraftOrder
-from fhir_mappings.states import PatientState
+from findings import SuggestionSpec
 
 from . import order_rules, patient_view  # noqa: F401  (modules register their rules on import)
 from .base import (
@@ -28,16 +27,25 @@ from .base import (
     RuleContext,
     RuleDef,
     incomplete_finding,
+    register,
+    rule,
+    unregister,
 )
+from .states import PatientState
 from .thresholds import INFANT_AGE_YEARS
 
 __all__ = ["RULES", "RULES_VERSION", "Finding", "RuleDef", "evaluate", "consolidate", "declared_fields",
-           "incomplete_finding", "INCOMPLETE"]
+           "incomplete_finding", "INCOMPLETE", "order_rule_ids", "register", "unregister", "rule"]
 
 log = logging.getLogger(__name__)
 
-# Order rules are the ones registered for the order hooks only (no hand-kept list to forget a rule in).
-ORDER_RULES = frozenset(r.rule_id for r in RULES.values() if r.hooks <= ORDER_HOOKS)
+
+
+def order_rule_ids() -> frozenset[str]:
+    """The rules registered for the order hooks only, read from the registry (no hand-kept list to forget)."""
+    return frozenset(r.rule_id for r in RULES.values() if r.hooks <= ORDER_HOOKS)
+
+
 # §8 C11: under 1 year no mineral card fires on patient-view except R04 (which checks total Ca >= 12.0 itself).
 INFANT_SILENT = frozenset({"caxp-high", "caxp-above-target", "mineral-labs-due", "hyperphosphatemia", "pth-high",
                            "calciphylaxis-risk", "vitamin-d-excess", "documented-calcinosis",
@@ -61,10 +69,10 @@ def declared_fields() -> dict[str, frozenset[str]]:
     return {rule_id: definition.fields for rule_id, definition in RULES.items()}
 
 
-def _enabled(definition: RuleDef, hook: str, is_option_on: Callable[[str], bool]) -> bool:
+def _enabled(definition: RuleDef, hook: str, options: Mapping[str, object]) -> bool:
     if hook not in definition.hooks:
         return False
-    return definition.option is None or is_option_on(definition.option)
+    return definition.switch is None or definition.option_values(options)[definition.switch] is True
 
 
 def _merge_suggestions(host: Finding, extra: Sequence[SuggestionSpec]) -> None:
@@ -82,9 +90,9 @@ def _merge_suggestions(host: Finding, extra: Sequence[SuggestionSpec]) -> None:
 
 
 def _fold(host: Finding, folded: Finding) -> None:
-    # A short label, not the folded card's summary: its values are already in the host's values block (each
-    # fact once per card, issue 13 item 3); what it adds (labs, consults) is merged into the suggestions.
-    host.folded.append(str(templates().rules[folded.rule_id].get("title", folded.rule_id)))
+    # The folded rule's id (cards names it by its title), not its summary: its values are already in the host's
+    # values block (each fact once per card, issue 13 item 3); what it adds (labs, consults) joins the suggestions.
+    host.folded.append(folded.rule_id)
     host.folded.extend(folded.folded)
     seen = {(e.get("name"), e.get("resource_id")) for e in host.evidence}
     host.evidence.extend(e for e in folded.evidence if (e.get("name"), e.get("resource_id")) not in seen)
@@ -96,10 +104,11 @@ def consolidate(findings: Sequence[Finding], hook: str) -> list[Finding]:
     by_id: dict[str, Finding] = {}
     for f in findings:
         by_id.setdefault(f.rule_id, f)  # one card per rule id per call
+    order_only = order_rule_ids()
     if hook in ORDER_HOOKS:
-        by_id = {k: v for k, v in by_id.items() if k in ORDER_RULES or k == INCOMPLETE}
+        by_id = {k: v for k, v in by_id.items() if k in order_only or k == INCOMPLETE}
     else:
-        by_id = {k: v for k, v in by_id.items() if k not in ORDER_RULES}
+        by_id = {k: v for k, v in by_id.items() if k not in order_only}
         for host_id, folded_ids in FOLDS:
             host = by_id.get(host_id)
             if host is None:
@@ -133,27 +142,31 @@ def evaluate(
     state: PatientState,
     hook: str,
     orders: Sequence[DraftOrder] = (),
-    is_option_on: Callable[[str], bool] = lambda _name: False,
+    options: Mapping[str, object] | None = None,
     unreadable: Sequence[str] = (),
 ) -> Evaluation:
     """Run the hook's rules over ``state``; consolidated findings, the rules evaluated and those that failed.
 
+    ``options``: the engine options by name (``EngineOptions`` as a dict); each rule sees only the ones it
+    declares, with its declared default for any not given.
+
     ``unreadable`` names data that could not be read although the call is answered (a failed or partial
     fetch); it, and any rule that raised, yields the §8 C6 ``evaluation-incomplete`` card.
     """
-    ctx = RuleContext(state=state, hook=hook, orders=tuple(orders))
+    given: Mapping[str, object] = options or {}
     result = Evaluation([], [])
     if hook != PATIENT_VIEW and hook not in ORDER_HOOKS:
         return result
     infant = hook == PATIENT_VIEW and state.age is not None and state.age < INFANT_AGE_YEARS
     for definition in RULES.values():
-        if definition.rule_id == INCOMPLETE or not _enabled(definition, hook, is_option_on):
+        if definition.rule_id == INCOMPLETE or not _enabled(definition, hook, given):
             continue
         if infant and definition.rule_id in INFANT_SILENT:
             continue
         result.evaluated.append((definition.rule_id, definition.version))
         try:
-            finding = definition.fn(ctx)
+            finding = definition.fn(RuleContext(state=state, hook=hook, orders=tuple(orders),
+                                                options=definition.option_values(given)))
         except Exception:  # §8 C6: a broken rule must not take down the other rules or pass for "no finding"
             log.exception("rule %s failed; reported on an evaluation-incomplete card", definition.rule_id)
             result.failed.append(definition.rule_id)

@@ -3,49 +3,35 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from cards.ages import age_text
-from cards.render import SuggestionSpec, bullet_block, phrase, text
+from cards.render import text
 from fhir_mappings.facts import DraftOrder, LabResult
 from fhir_mappings.pairing import CaPPair
-from fhir_mappings.states import (
+from findings import Finding as Finding
+from findings import Markdown, Phrase, bullets
+from findings import SuggestionSpec as SuggestionSpec
+
+from .states import CalciumStatus, PatientState
+from .thresholds import (
     CA_MG_PER_MMOL,
+    CAXP_KDOQI_TARGET,
+    CAXP_SEED_THRESHOLD,
     HYPERCALCEMIA_MG_DL,
     MODERATE_HYPERCALCEMIA_MG_DL,
-    CalciumStatus,
-    PatientState,
 )
 
-from .thresholds import CAXP_KDOQI_TARGET, CAXP_SEED_THRESHOLD
-
 RULES_VERSION = "0.2"
-RULE_VERSION = "0.2.0"   # clinical revision 2 (clinical-rules.md section 8)
 PATIENT_VIEW = "patient-view"
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
 ALL_HOOKS = frozenset({PATIENT_VIEW}) | ORDER_HOOKS
 
 # Markdown blocks every rule may fill (built from escaped phrases; see cards.render).
 COMMON_BLOCKS = frozenset({"values_md", "factors_md", "missing_md", "folded_md", "advice_md", "note_md", "ignored_md"})
-
-
-@dataclass
-class Finding:
-    """A rule's verdict: indicator, template fields, audit evidence and suggestions."""
-
-    rule_id: str
-    indicator: str
-    fields: dict[str, str]
-    evidence: list[dict[str, Any]]
-    suggestions: list[SuggestionSpec] = field(default_factory=list)
-    variant: str = ""
-    order: DraftOrder | None = None
-    selection_behavior: str = "any"
-    override_reasons: bool = False
-    folded: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,6 +41,7 @@ class RuleContext:
     state: PatientState
     hook: str
     orders: tuple[DraftOrder, ...] = ()
+    options: Mapping[str, object] = field(default_factory=dict)   # the rule's declared options (RuleDef.options)
 
 
 RuleFn = Callable[[RuleContext], Finding | None]
@@ -62,7 +49,12 @@ RuleFn = Callable[[RuleContext], Finding | None]
 
 @dataclass(frozen=True)
 class RuleDef:
-    """A registered rule."""
+    """A registered rule: what it is, when it runs, what it reads and how its card is versioned.
+
+    ``options`` maps each engine option the rule reads (an ``EngineOptions`` field, checked at start-up by
+    ``engine.check_content``) to its default; ``switch`` names the bool option that must be on for the rule to
+    run at all (R16, R19: clinical-rules.md section 3), or None.
+    """
 
     rule_id: str
     spec_id: str
@@ -70,26 +62,48 @@ class RuleDef:
     hooks: frozenset[str]
     fields: frozenset[str]
     fn: RuleFn
-    option: str | None = None   # EngineOptions attribute that must be True for the rule to run
+    options: Mapping[str, object] = field(default_factory=dict)
+    switch: str | None = None
+
+    def option_values(self, given: Mapping[str, object]) -> dict[str, object]:
+        """The rule's declared options: the value in ``given`` where present, else the declared default."""
+        return {name: given.get(name, default) for name, default in self.options.items()}
 
 
 RULES: dict[str, RuleDef] = {}
 
 
-def rule(
-    rule_id: str, spec_id: str, hooks: Iterable[str], fields: Iterable[str], option: str | None = None
-) -> Callable[[RuleFn], RuleFn]:
-    """Register ``fn`` as rule ``rule_id`` (topic code) implementing spec rule ``spec_id``."""
+def register(definition: RuleDef) -> RuleDef:
+    """Add ``definition`` to the registry (ValueError for a duplicate id or an undeclared switch)."""
+    if definition.rule_id in RULES:
+        raise ValueError(f"rule {definition.rule_id} registered twice")
+    if definition.switch is not None and not isinstance(definition.options.get(definition.switch), bool):
+        raise ValueError(f"rule {definition.rule_id}: switch {definition.switch} must be a declared bool option")
+    RULES[definition.rule_id] = definition
+    return definition
 
-    def register(fn: RuleFn) -> RuleFn:
-        if rule_id in RULES:
-            raise ValueError(f"rule {rule_id} registered twice")
-        RULES[rule_id] = RuleDef(
-            rule_id, spec_id, RULE_VERSION, frozenset(hooks), frozenset(fields) | COMMON_BLOCKS, fn, option
-        )
+
+def unregister(rule_id: str) -> None:
+    """Remove a rule from the registry (tests that register a rule of their own clean up with this)."""
+    RULES.pop(rule_id, None)
+
+
+def rule(
+    rule_id: str, spec_id: str, hooks: Iterable[str], fields: Iterable[str], *, version: str,
+    options: Mapping[str, object] | None = None, switch: str | None = None,
+) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn`` as rule ``rule_id`` (topic code) implementing spec rule ``spec_id`` at ``version``.
+
+    ``fields``: the template placeholders the rule fills; ``options``: the engine options it reads with their
+    defaults; ``switch``: the bool option among them that turns the rule on.
+    """
+
+    def decorate(fn: RuleFn) -> RuleFn:
+        register(RuleDef(rule_id, spec_id, version, frozenset(hooks), frozenset(fields) | COMMON_BLOCKS, fn,
+                         dict(options or {}), switch))
         return fn
 
-    return register
+    return decorate
 
 
 # --- formatting helpers (display only; arithmetic keeps full precision) ---------------------------------
@@ -222,55 +236,54 @@ def unit_display(unit: str) -> str:
     return UNIT_WORDS.get(unit) or UCUM_ANNOTATION.sub("", unit).strip() or unit
 
 
-def value_line(result: LabResult, now: datetime) -> str:
+def value_line(result: LabResult, now: datetime) -> Markdown:
     """``Phosphate: 7.5 mg/dL (reported 2.42 mmol/L) – 2025-06-13 (2 days ago)``, escaped."""
     shown = f"{result.comparator}{num(result.value)}"
-    reported = ""
+    reported: Markdown = ""
     if result.original_unit.lower() != result.unit.lower():
-        reported = phrase("reported", value=f"{result.original_value:g}", unit=unit_display(result.original_unit))
-    head = phrase(
+        reported = Phrase.of("reported", value=f"{result.original_value:g}", unit=unit_display(result.original_unit))
+    head = Phrase.of(
         "value_line", name=ANALYTE_NAMES.get(result.kind, result.kind), value=shown, unit=unit_display(result.unit)
     )
-    when = phrase(
+    when = Phrase.of(
         "value_when", date=result.time.strftime("%Y-%m-%d %H:%M UTC"), days=days_ago(now, result.time),
         age=age_text(now, result.time), ref=result.reference,
     )
-    return head + reported + when + (phrase("time_uncertain") if result.time_uncertain else "")
+    return (head, reported, when, Phrase.of("time_uncertain") if result.time_uncertain else "")
 
 
-def pair_lines(pair: CaPPair, now: datetime) -> list[str]:
+def pair_lines(pair: CaPPair, now: datetime) -> list[Markdown]:
     """Markdown lines describing a pair: both values, the product, the pairing and any bound."""
-    lines = [value_line(pair.calcium, now), value_line(pair.phosphate, now)]
+    lines: list[Markdown] = [value_line(pair.calcium, now), value_line(pair.phosphate, now)]
     if pair.same_specimen:
-        pairing = phrase("pair_same")
+        pairing = Phrase.of("pair_same")
     elif pair.is_fallback:
-        pairing = phrase("pair_fallback", hours=round(pair.gap_hours))
+        pairing = Phrase.of("pair_fallback", hours=round(pair.gap_hours))
     else:
-        pairing = phrase("pair_gap", hours=round(pair.gap_hours))
+        pairing = Phrase.of("pair_gap", hours=round(pair.gap_hours))
     lines.append(
-        phrase("pair_line", ca=num(pair.calcium.value), p=num(pair.phosphate.value), product=caxp_text(pair))
-        + " "
-        + pairing
+        (Phrase.of("pair_line", ca=num(pair.calcium.value), p=num(pair.phosphate.value), product=caxp_text(pair)),
+         " ", pairing)
     )
     for result, name in ((pair.phosphate, "phosphate"), (pair.calcium, "calcium")):
         if result.is_lower_bound:
             lines.append(
-                phrase("lower_bound", name=name, limit=f"{result.comparator}{num(result.original_value)}",
-                       product=num(pair.product))
+                Phrase.of("lower_bound", name=name, limit=f"{result.comparator}{num(result.original_value)}",
+                          product=num(pair.product))
             )
     return lines
 
 
-def calcium_lines(status: CalciumStatus, now: datetime) -> list[str]:
+def calcium_lines(status: CalciumStatus, now: datetime) -> list[Markdown]:
     """How the calcium classification was made (ionized / corrected / measured)."""
-    lines = [value_line(status.result, now)]
+    lines: list[Markdown] = [value_line(status.result, now)]
     if status.albumin is not None:
         lines.append(value_line(status.albumin, now))
     if status.basis == "corrected" and status.albumin is not None:
-        lines.append(phrase("corrected_line", ca=num(status.result.value), alb=num(status.albumin.value),
-                            corrected=num(status.value)))
+        lines.append(Phrase.of("corrected_line", ca=num(status.result.value), alb=num(status.albumin.value),
+                               corrected=num(status.value)))
     elif status.basis == "measured":
-        lines.append(phrase("albumin_missing"))
+        lines.append(Phrase.of("albumin_missing"))
     return lines
 
 
@@ -285,7 +298,7 @@ def labs_suggestion(label: str, codes: Iterable[str]) -> SuggestionSpec | None:
 INCOMPLETE = "evaluation-incomplete"
 
 
-@rule(INCOMPLETE, "C6", ALL_HOOKS, fields={"what"})
+@rule(INCOMPLETE, "C6", ALL_HOOKS, fields={"what"}, version="0.2.0")
 def _never_fires(_ctx: RuleContext) -> Finding | None:
     """Registered for its template and version only; ``rules.evaluate`` builds the card (never run as a rule)."""
     return None
@@ -295,12 +308,12 @@ def incomplete_finding(failed_rules: Iterable[str], unreadable: Iterable[str]) -
     """The §8 C6 info card: which rules could not be evaluated and which data could not be read."""
     failed, missing = list(failed_rules), list(unreadable)
     what = ", ".join(failed) if failed else text("incomplete_data")
-    lines = [phrase("incomplete_rule", rule=r) for r in failed] + [phrase("incomplete_source", name=n)
+    lines = [Phrase.of("incomplete_rule", rule=r) for r in failed] + [Phrase.of("incomplete_source", name=n)
                                                                    for n in missing]
     return Finding(
         rule_id=INCOMPLETE,
         indicator="info",
-        fields={"what": what, "values_md": bullet_block("incomplete_heading", lines)},
+        fields={"what": what, "values_md": bullets("incomplete_heading", lines)},
         evidence=[{"name": "rule_failed", "value": r} for r in failed]
         + [{"name": "data_unreadable", "value": n} for n in missing],
     )

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from cards.render import SuggestionSpec, bullet_block, phrase, text
+from cards.render import text
 from fhir_mappings.facts import DraftOrder, LabResult
 from fhir_mappings.orders import IV_CALCIUM, IV_PHOSPHATE, ORAL_CALCIUM
 from fhir_mappings.pairing import CaPPair
-from fhir_mappings.states import CA_MG_PER_MMOL, PHOSPHATE_HIGH_MG_DL, PatientState, calcium_status
+from findings import Markdown, Phrase, SuggestionSpec, bullets, joined
 
 from .base import (
     ORDER_HOOKS,
@@ -46,8 +46,10 @@ from .patient_view import (
     current_hypercalcemia,
     usable_pair,
 )
+from .states import PatientState, calcium_status
 from .thresholds import (
     AKI_RECENT_DAYS,
+    CA_MG_PER_MMOL,
     CAXP_KDOQI_TARGET,
     CAXP_SEED_THRESHOLD,
     CRITICAL_PAIR_HOURS,
@@ -64,6 +66,7 @@ from .thresholds import (
     MARKER_POTASSIUM_DAYS,
     ORDER_DAYS,
     ORDER_IONIZED_DAYS,
+    PHOSPHATE_HIGH_MG_DL,
     SEVERE_HYPOPHOSPHATEMIA_MG_DL,
     VITAMIN_D_DAYS,
     VITD_POSSIBLE_EXCESS,
@@ -105,27 +108,27 @@ def context_label(state: PatientState) -> str:
     return text("ctx_patient")
 
 
-def order_block(order: DraftOrder) -> str:
+def order_block(order: DraftOrder) -> Markdown:
     """The order as parsed: drug (escaped), dose, route and whether the route was inferred."""
-    lines = [phrase("order_drug", name=order.name or phrase("unnamed_drug"))]
+    lines: list[Markdown] = [Phrase.of("order_drug", name=order.name or Phrase.of("unnamed_drug"))]
     if order.dose_text:
-        lines.append(phrase("order_dose", dose=order.dose_text))
+        lines.append(Phrase.of("order_dose", dose=order.dose_text))
     if order.route_inferred:
-        lines.append(phrase("route_inferred"))
+        lines.append(Phrase.of("route_inferred"))
     else:
-        lines.append(phrase("order_route", route=order.route_text or text("route_" + order.route.replace("-", "_"))))
-    return bullet_block("order_heading", lines)
+        lines.append(Phrase.of("order_route", route=order.route_text or text("route_" + order.route.replace("-", "_"))))
+    return bullets("order_heading", lines)
 
 
-def order_values(state: PatientState) -> tuple[list[str], list[dict[str, Any]]]:
+def order_values(state: PatientState) -> tuple[list[Markdown], list[dict[str, Any]]]:
     """Current Ca, P, Ca x P, ionized Ca, albumin and K for order-card details (history if older)."""
-    lines: list[str] = []
+    lines: list[Markdown] = []
     ev: list[dict[str, Any]] = []
     pair = state.pair
     if pair is not None:
         lines += pair_lines(pair, state.now)
         if not state.fresh(pair, ORDER_DAYS):
-            lines.append(phrase("pair_history"))
+            lines.append(Phrase.of("pair_history"))
         else:
             ev += pair_evidence(pair)
     elif state.phosphate is not None:
@@ -139,7 +142,7 @@ def order_values(state: PatientState) -> tuple[list[str], list[dict[str, Any]]]:
         if r is not None and (cal is None or r is not cal.result):
             lines.append(value_line(r, state.now))
     if not lines:
-        lines.append(phrase("no_recent_values"))
+        lines.append(Phrase.of("no_recent_values"))
     return lines, ev
 
 
@@ -173,7 +176,7 @@ class Marker:
 
     kind: str                   # "indication" | "low-calcium"
     words: str                  # e.g. "K 7.1 mmol/L"
-    line: str
+    line: Markdown
     evidence: list[dict[str, Any]]
 
 
@@ -207,10 +210,10 @@ def indication_marker(state: PatientState) -> Marker | None:
         return Marker("indication", words, value_line(k, state.now), [evidence("potassium", k)])
     if state.parathyroidectomy is not None:
         words = text("marker_parathyroidectomy")
-        return Marker("indication", words, phrase("marker_line", what=words), [])
+        return Marker("indication", words, Phrase.of("marker_line", what=words), [])
     if state.crrt_active:
         words = text("marker_citrate") if state.citrate_on_crrt else text("marker_crrt")
-        return Marker("indication", words, phrase("marker_line", what=words), [])
+        return Marker("indication", words, Phrase.of("marker_line", what=words), [])
     return None
 
 
@@ -245,7 +248,7 @@ def _chloride_replaceable(order: DraftOrder) -> bool:
 
 
 @rule("iv-calcium-order", "R08", ORDER_HOOKS,
-      fields={"trigger", "context", "salt", "t2_reason", "p", "marker"})
+      fields={"trigger", "context", "salt", "t2_reason", "p", "marker"}, version="0.2.0")
 def iv_calcium_order(ctx: RuleContext) -> Finding | None:
     """R08 (revision 2): IV calcium draft in an at-risk patient; the §8 C2 markers and C7 may lower the card.
 
@@ -291,20 +294,20 @@ def iv_calcium_order(ctx: RuleContext) -> Finding | None:
     marker = indication_marker(s) or low_calcium_marker(s)
     offer_remove = tier in ("T1", "T2")
     remove_label = "remove_iv_calcium_tls" if s.tls_active else "remove_iv_calcium"
-    notes = [phrase("tier_" + tier.lower(), why=critical or "; ".join(reasons) or s.tls_reason)]
+    notes = [Phrase.of("tier_" + tier.lower(), why=critical or "; ".join(reasons) or s.tls_reason)]
     if marker is not None and (marker.kind == "indication" or not (s.tls_active or phos_high)):
         indicator, variant, offer_remove = "info", "indicated", False  # §8 C2: likely indicated, no "Remove"
-        notes = [phrase("risk_noted", why=critical or "; ".join(reasons) or s.tls_reason or text("reason_cc")),
-                 phrase("marker_note", what=marker.words)]
+        notes = [Phrase.of("risk_noted", why=critical or "; ".join(reasons) or s.tls_reason or text("reason_cc")),
+                 Phrase.of("marker_note", what=marker.words)]
     elif marker is not None:
         indicator = "warning"  # §8 C2: low calcium with TLS/hyperphosphatemia: never critical
         variant = "low_ca_tls" if s.tls_active else "low_ca_phosphate"
         offer_remove = s.tls_active
         remove_label = "remove_iv_calcium_tls"
-        notes.append(phrase("marker_note", what=marker.words))
+        notes.append(Phrase.of("marker_note", what=marker.words))
     if order.is_parenteral_nutrition and not critical:
         indicator, variant = "info", "pn"   # §8 C7: a PN admixture is at most info unless critical
-        notes[0] = phrase("risk_noted", why="; ".join(reasons) or s.tls_reason or text("reason_cc"))
+        notes[0] = Phrase.of("risk_noted", why="; ".join(reasons) or s.tls_reason or text("reason_cc"))
     values, ev = order_values(s)
     if marker is not None:
         values = [marker.line] + [v for v in values if v != marker.line]
@@ -333,10 +336,10 @@ def iv_calcium_order(ctx: RuleContext) -> Finding | None:
             "t2_reason": "; ".join(reasons) if reasons else text("reason_tls"),
             "p": num(p.value) if p is not None else "",
             "marker": marker.words if marker is not None else "",
-            "values_md": order_block(order) + "\n\n" + bullet_block("values_heading", values),
-            "note_md": "\n\n".join(notes),
-            "factors_md": phrase("tls_advice") if s.tls_active else "",
-            "advice_md": phrase("chloride_advice") if order.is_calcium_chloride else "",
+            "values_md": (order_block(order), "\n\n", bullets("values_heading", values)),
+            "note_md": joined("\n\n", notes),
+            "factors_md": Phrase.of("tls_advice") if s.tls_active else "",
+            "advice_md": Phrase.of("chloride_advice") if order.is_calcium_chloride else "",
         },
         evidence=ev,
         suggestions=suggestions,
@@ -352,7 +355,7 @@ def hypophosphatemia(state: PatientState) -> LabResult | None:
     return p if p is not None and p.below(HYPOPHOSPHATEMIA_MG_DL) else None
 
 
-@rule("iv-phosphate-order", "R09", ORDER_HOOKS, fields={"trigger", "t2_reason", "p"})
+@rule("iv-phosphate-order", "R09", ORDER_HOOKS, fields={"trigger", "t2_reason", "p"}, version="0.2.0")
 def iv_phosphate_order(ctx: RuleContext) -> Finding | None:
     """R09 (revision 2): IV phosphate draft in an at-risk patient; §8 C3 hypophosphatemia makes it info.
 
@@ -385,15 +388,15 @@ def iv_phosphate_order(ctx: RuleContext) -> Finding | None:
     low_p = hypophosphatemia(s)
     ionized = s.latest("lab-calcium-ionized", days=MARKER_IONIZED_DAYS)
     ionized_low = ionized is not None and ionized.below(LOW_IONIZED_MARKER_MG_DL)
-    notes = [phrase("tier_" + tier.lower(), why=critical or reason)]
+    notes = [Phrase.of("tier_" + tier.lower(), why=critical or reason)]
     offer_remove = tier in ("T1", "T2")
     if low_p is not None and not hyper and not ionized_low and not s.calciphylaxis_dx:
         indicator, offer_remove = "info", False
         variant = "hypo_severe" if low_p.below(SEVERE_HYPOPHOSPHATEMIA_MG_DL) else "hypo"
-        notes = [phrase("hypophosphatemia_advice")]
+        notes = [Phrase.of("hypophosphatemia_advice")]
     if order.is_parenteral_nutrition and not critical:
         indicator, variant = "info", "pn"   # §8 C7
-        notes[0] = phrase("risk_noted", why=reason or text("reason_cc"))
+        notes[0] = Phrase.of("risk_noted", why=reason or text("reason_cc"))
     values, ev = order_values(s)
     suggestions = _labs_then_consult(s) if tier in ("T1", "T2") else _labs(_stale_labs(s))
     if offer_remove:
@@ -411,8 +414,8 @@ def iv_phosphate_order(ctx: RuleContext) -> Finding | None:
             "t2_reason": reason,
             "p": shown(low_p.value, SEVERE_HYPOPHOSPHATEMIA_MG_DL, HYPOPHOSPHATEMIA_MG_DL) if low_p is not None
             else (num(p.value) if p is not None else ""),
-            "values_md": order_block(order) + "\n\n" + bullet_block("values_heading", values),
-            "note_md": "\n\n".join(notes),
+            "values_md": (order_block(order), "\n\n", bullets("values_heading", values)),
+            "note_md": joined("\n\n", notes),
         },
         evidence=ev,
         suggestions=suggestions,
@@ -422,7 +425,7 @@ def iv_phosphate_order(ctx: RuleContext) -> Finding | None:
 # --- R11 ------------------------------------------------------------------------------------------------
 
 
-@rule("oral-calcium-order", "R11", ORDER_HOOKS, fields={"trigger", "stage"})
+@rule("oral-calcium-order", "R11", ORDER_HOOKS, fields={"trigger", "stage"}, version="0.2.0")
 def oral_calcium_order(ctx: RuleContext) -> Finding | None:
     """R11: oral calcium / calcium binder in CKD G4-G5D with Ca x P > 70 or hypercalcemia (<= 30 d)."""
     orders = [o for o in selected(ctx, ORAL_CALCIUM) if IV_CALCIUM not in o.classes]
@@ -446,8 +449,8 @@ def oral_calcium_order(ctx: RuleContext) -> Finding | None:
         fields={
             "trigger": trigger,
             "stage": s.ckd_stage or "",
-            "values_md": order_block(orders[0]) + "\n\n" + bullet_block("values_heading", values),
-            "advice_md": phrase("advice_non_calcium_binder"),
+            "values_md": (order_block(orders[0]), "\n\n", bullets("values_heading", values)),
+            "advice_md": Phrase.of("advice_non_calcium_binder"),
         },
         evidence=ev,
         suggestions=_nephrology(s),
@@ -457,7 +460,7 @@ def oral_calcium_order(ctx: RuleContext) -> Finding | None:
 # --- R12 ------------------------------------------------------------------------------------------------
 
 
-@rule("calcium-heparin-order", "R12", ORDER_HOOKS, fields={"trigger"})
+@rule("calcium-heparin-order", "R12", ORDER_HOOKS, fields={"trigger"}, version="0.2.0")
 def calcium_heparin_order(ctx: RuleContext) -> Finding | None:
     """R12: nadroparin calcium (any route) with G5/G5D, Ca x P > 70 or hypercalcemia -> info."""
     orders = selected(ctx, "med-nadroparin")
@@ -481,7 +484,7 @@ def calcium_heparin_order(ctx: RuleContext) -> Finding | None:
         override_reasons=True,
         fields={
             "trigger": trigger,
-            "values_md": order_block(orders[0]) + "\n\n" + bullet_block("values_heading", values),
+            "values_md": (order_block(orders[0]), "\n\n", bullets("values_heading", values)),
         },
         evidence=ev,
     )
@@ -490,7 +493,7 @@ def calcium_heparin_order(ctx: RuleContext) -> Finding | None:
 # --- R13 ------------------------------------------------------------------------------------------------
 
 
-@rule("vitamin-d-order", "R13", ORDER_HOOKS, fields={"trigger", "vitd"})
+@rule("vitamin-d-order", "R13", ORDER_HOOKS, fields={"trigger", "vitd"}, version="0.2.0")
 def vitamin_d_order(ctx: RuleContext) -> Finding | None:
     """R13: vitamin D draft with hypercalcemia or Ca x P > 70 (<= 30 d) -> warning; 25-OH D >= 80 -> info."""
     orders = selected(ctx, "med-vitamin-d") + selected(ctx, "med-active-vitamin-d")
@@ -530,7 +533,7 @@ def vitamin_d_order(ctx: RuleContext) -> Finding | None:
         fields={
             "trigger": trigger,
             "vitd": num(vitd.value) if vitd else "",
-            "values_md": order_block(order) + "\n\n" + bullet_block("values_heading", values),
+            "values_md": (order_block(order), "\n\n", bullets("values_heading", values)),
         },
         evidence=ev,
         suggestions=suggestions,
@@ -546,7 +549,7 @@ def _aki_recent(state: PatientState) -> bool:
                for c in state.facts.conditions_in("cond-aki"))
 
 
-@rule("al-mg-binder-order", "R21", ORDER_HOOKS, fields={"stage", "metal"})
+@rule("al-mg-binder-order", "R21", ORDER_HOOKS, fields={"stage", "metal"}, version="0.2.0")
 def al_mg_binder_order(ctx: RuleContext) -> Finding | None:
     """R21 (§8 C17): aluminium binder in CKD G3a+ or recent AKI -> info, G5/G5D -> warning; magnesium binder or
     supplement in CKD G4+ or with Mg > ULN -> info, never when the latest Mg (<= 30 d) is below the LLN."""
@@ -557,20 +560,20 @@ def al_mg_binder_order(ctx: RuleContext) -> Finding | None:
     aluminium = [o for o in orders if "med-aluminium-binder" in o.classes
                  or "med-magnesium-binder" not in o.classes]
     magnesium = [o for o in orders if "med-magnesium-binder" in o.classes]
-    found: list[tuple[str, DraftOrder, str]] = []   # (indicator, order, reason line)
+    found: list[tuple[str, DraftOrder, Markdown]] = []   # (indicator, order, reason line)
     if aluminium:
         if s.in_stage("G5", "G5D"):
-            found.append(("warning", aluminium[0], phrase("al_reason", why=stage_label(s))))
+            found.append(("warning", aluminium[0], Phrase.of("al_reason", why=stage_label(s))))
         elif s.in_stage("G3", "G4") or _aki_recent(s):
             why = stage_label(s) if s.ckd_stage else text("aki_recent")
-            found.append(("info", aluminium[0], phrase("al_reason", why=why)))
+            found.append(("info", aluminium[0], Phrase.of("al_reason", why=why)))
     mg = s.latest("lab-magnesium", days=MAGNESIUM_DAYS)
     mg_low = mg is not None and mg.below(mg.ref_low if mg.ref_low is not None else MAGNESIUM_LLN_MG_DL)
     if magnesium and not mg_low:   # magnesium oxide is a common supplement for hypomagnesemia (§8 C17)
         mg_high = mg is not None and mg.exceeds(mg.ref_high if mg.ref_high is not None else MAGNESIUM_ULN_MG_DL)
         if s.in_stage("G4", "G5", "G5D") or mg_high:
             why = stage_label(s) if s.in_stage("G4", "G5", "G5D") else text("mg_above_uln")
-            found.append(("info", magnesium[0], phrase("mg_reason", why=why)))
+            found.append(("info", magnesium[0], Phrase.of("mg_reason", why=why)))
     if not found:
         return None
     found.sort(key=lambda f: f[0] != "warning")
@@ -588,8 +591,8 @@ def al_mg_binder_order(ctx: RuleContext) -> Finding | None:
         fields={
             "stage": stage_label(s),
             "metal": text("metal_" + metal),
-            "values_md": order_block(order) + ("\n\n" + bullet_block("values_heading", values) if values else ""),
-            "factors_md": bullet_block("factors_heading", [f[2] for f in found]),
+            "values_md": (order_block(order), ("\n\n", bullets("values_heading", values)) if values else ""),
+            "factors_md": bullets("factors_heading", [f[2] for f in found]),
         },
         evidence=[evidence("magnesium", mg)] if mg is not None else [],
         suggestions=_nephrology(s),
@@ -617,7 +620,7 @@ def warfarin_recent(state: PatientState, drafts: Sequence[DraftOrder]) -> bool:
     return state.on_warfarin
 
 
-@rule("warfarin-calciphylaxis-risk", "R24", ORDER_HOOKS, fields={"reason"})
+@rule("warfarin-calciphylaxis-risk", "R24", ORDER_HOOKS, fields={"reason"}, version="0.2.0")
 def warfarin_calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
     """R24 (§8 C16): warfarin started in a patient at calciphylaxis risk -> warning; consult, never a deletion.
 
@@ -645,8 +648,8 @@ def warfarin_calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
         override_reasons=True,
         fields={
             "reason": reason,
-            "values_md": order_block(orders[0]) + "\n\n" + bullet_block(
-                "values_heading", [m.line for m in minerals] or values),
+            "values_md": (order_block(orders[0]), "\n\n", bullets(
+                "values_heading", [m.line for m in minerals] or values)),
         },
         evidence=[e for m in minerals for e in m.evidence] or ev,
         suggestions=[SuggestionSpec(kind="consult", label="consult_warfarin", specialty="nephrology")],

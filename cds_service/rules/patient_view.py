@@ -6,22 +6,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from cards.render import SuggestionSpec, bullet_block, phrase, text
+from cards.render import text
 from fhir_mappings.facts import LabResult
 from fhir_mappings.pairing import CaPPair
-from fhir_mappings.states import (
-    ALBUMIN_PAIR_WINDOW,
-    CA_MG_PER_MMOL,
-    HYPERCALCEMIA_MG_DL,
-    HYPOCALCEMIA_MG_DL,
-    IONIZED_LOW_MG_DL,
-    IONIZED_PAIR_WINDOW,
-    MODERATE_HYPERCALCEMIA_MG_DL,
-    PHOSPHATE_HIGH_MG_DL,
-    PHOSPHATE_TARGET_G5_MG_DL,
-    CalciumStatus,
-    PatientState,
-)
+from findings import Markdown, Phrase, SuggestionSpec, bullets, joined
 
 from .base import (
     PATIENT_VIEW,
@@ -45,20 +33,30 @@ from .base import (
     value_line,
 )
 from .context import factors_block, missing_block
+from .states import CalciumStatus, PatientState
 from .thresholds import (
     ALBUMIN_IONIZED_ADVICE,
+    ALBUMIN_PAIR_WINDOW,
     ALP_DAYS,
     BICARBONATE_HIGH,
+    CA_MG_PER_MMOL,
     CAXP_KDOQI_TARGET,
     CAXP_MIN_AGE_YEARS,
     CAXP_SEED_THRESHOLD,
     CURRENT_DAYS,
     DOWNWEIGHT_DAYS,
     EGFR_REDUCED,
+    HYPERCALCEMIA_MG_DL,
+    HYPOCALCEMIA_MG_DL,
     INFANT_AGE_YEARS,
+    IONIZED_LOW_MG_DL,
+    IONIZED_PAIR_WINDOW,
     LOW_CALCIUM_PAIR_WINDOW,
+    MODERATE_HYPERCALCEMIA_MG_DL,
+    PHOSPHATE_HIGH_MG_DL,
     PHOSPHATE_LOW_DEFAULT,
     PHOSPHATE_SINGLE_G5D,
+    PHOSPHATE_TARGET_G5_MG_DL,
     PTH_CURRENT_DAYS,
     PTH_RECENT_DAYS,
     R03_ACUTE_CAP_DAYS,
@@ -138,7 +136,7 @@ def _keep(*items: SuggestionSpec | None) -> list[SuggestionSpec]:
 # --- R01 ------------------------------------------------------------------------------------------------
 
 
-@rule("caxp-high", "R01", PV, fields={"caxp", "drawn"})
+@rule("caxp-high", "R01", PV, fields={"caxp", "drawn"}, version="0.2.0")
 def caxp_high(ctx: RuleContext) -> Finding | None:
     """R01: Ca x P > 70 mg2/dL2 (strict), pair <= 90 days; warning <= 30 days, info 31-90."""
     s = ctx.state
@@ -148,29 +146,29 @@ def caxp_high(ctx: RuleContext) -> Finding | None:
     current = s.fresh(pair, CURRENT_DAYS)
     cal = s.calcium
     hyper = current_hypercalcemia(s)
-    notes = [] if current else [phrase("downweighted", days=days_ago(s.now, pair.time))]
+    notes = [] if current else [Phrase.of("downweighted", days=days_ago(s.now, pair.time))]
     values = pair_lines(pair, s.now)
     if cal is not None and cal.basis != "measured" and cal.result is pair.calcium:
         values += calcium_lines(cal, s.now)[1:]
     labs_albumin = [] if albumin_near(s, pair.calcium) else [ALBUMIN] + ([IONIZED] if hyper else [])
     need_pth = s.latest("lab-pth", days=PTH_CURRENT_DAYS) is None and (bool(s.ckd_stage) or hyper)
     sarcoid = s.facts.has_condition("cond-sarcoidosis")
-    advice = [phrase("advice_binders")]
+    advice = [Phrase.of("advice_binders")]
     if s.in_stage(*CKD_G4_PLUS):
-        advice.append(phrase("advice_restrict_calcium_binders"))
+        advice.append(Phrase.of("advice_restrict_calcium_binders"))
     if sarcoid:
-        advice.append(phrase("advice_sarcoidosis"))
+        advice.append(Phrase.of("advice_sarcoidosis"))
     return Finding(
         rule_id="caxp-high",
         indicator="warning" if current else "info",
         fields={
             "caxp": caxp_text(pair),
             "drawn": drawn_text(s.now, pair.time),
-            "values_md": bullet_block("values_heading", values),
-            "note_md": "\n".join(notes),
+            "values_md": bullets("values_heading", values),
+            "note_md": joined("\n", notes),
             "factors_md": factors_block(s, (pair.calcium, pair.phosphate)),
             "missing_md": missing_block(s, pair_calcium_albumin=not albumin_near(s, pair.calcium)),
-            "advice_md": bullet_block("advice_heading", advice),
+            "advice_md": bullets("advice_heading", advice),
         },
         evidence=pair_evidence(pair),
         suggestions=_keep(
@@ -186,7 +184,7 @@ def caxp_high(ctx: RuleContext) -> Finding | None:
 # --- R02 ------------------------------------------------------------------------------------------------
 
 
-@rule("caxp-above-target", "R02", PV, fields={"caxp", "drawn", "stage"})
+@rule("caxp-above-target", "R02", PV, fields={"caxp", "drawn", "stage"}, version="0.2.0")
 def caxp_above_target(ctx: RuleContext) -> Finding | None:
     """R02: 55 <= Ca x P <= 70 in CKD G3-G5D, age >= 13, pair <= 90 days -> info."""
     s = ctx.state
@@ -205,10 +203,10 @@ def caxp_above_target(ctx: RuleContext) -> Finding | None:
             "caxp": caxp_text(pair),
             "drawn": drawn_text(s.now, pair.time),
             "stage": stage_label(s),
-            "values_md": bullet_block("values_heading", pair_lines(pair, s.now)),
+            "values_md": bullets("values_heading", pair_lines(pair, s.now)),
             "factors_md": factors_block(s, (pair.calcium, pair.phosphate)),
             "missing_md": missing_block(s, pair_calcium_albumin=False),
-            "advice_md": bullet_block("advice_heading", [phrase("advice_binders")]),
+            "advice_md": bullets("advice_heading", [Phrase.of("advice_binders")]),
         },
         evidence=pair_evidence(pair),
         suggestions=_keep(labs_suggestion("order_pth", [PTH] if need_pth else [])),
@@ -218,7 +216,7 @@ def caxp_above_target(ctx: RuleContext) -> Finding | None:
 # --- R03 ------------------------------------------------------------------------------------------------
 
 
-@rule("mineral-labs-due", "R03", PV, fields={"group", "missing_labs", "window"})
+@rule("mineral-labs-due", "R03", PV, fields={"group", "missing_labs", "window"}, version="0.2.0")
 def mineral_labs_due(ctx: RuleContext) -> Finding | None:
     """R03: at-risk patient with no Ca or P (or PTH in G4-G5D) within the KDIGO-based window."""
     s = ctx.state
@@ -248,13 +246,13 @@ def mineral_labs_due(ctx: RuleContext) -> Finding | None:
     pth_missing = pth_days is not None and s.latest("lab-pth", days=pth_days) is None
     if not cap_missing and not pth_missing:
         return None
-    history: list[str] = []
+    history: list[Markdown] = []
     if s.pair is not None:
-        history.append(phrase("last_pair", product=caxp_text(s.pair), date=s.pair.time.strftime("%Y-%m-%d"),
+        history.append(Phrase.of("last_pair", product=caxp_text(s.pair), date=s.pair.time.strftime("%Y-%m-%d"),
                               days=days_ago(s.now, s.pair.time)))
     for kinds in (("lab-calcium-total", "lab-calcium-blood"), ("lab-phosphate",), ("lab-pth",)):
         last = s.latest(*kinds)
-        history.append(value_line(last, s.now) if last else phrase("never_measured", name=kinds[0][4:]))
+        history.append(value_line(last, s.now) if last else Phrase.of("never_measured", name=kinds[0][4:]))
     labs = [CALCIUM, PHOSPHATE, ALBUMIN] if cap_missing else []
     if pth_missing:
         labs.append(PTH)
@@ -269,8 +267,8 @@ def mineral_labs_due(ctx: RuleContext) -> Finding | None:
             "group": group,
             "missing_labs": missing_labs,
             "window": str(window),
-            "values_md": bullet_block("history_heading", history),
-            "note_md": phrase("kdigo_frequency_" + (s.ckd_stage or "acute").lower()),
+            "values_md": bullets("history_heading", history),
+            "note_md": Phrase.of("kdigo_frequency_" + (s.ckd_stage or "acute").lower()),
         },
         evidence=[evidence(n, r) for n, r in (("calcium", ca), ("phosphate", p)) if r is not None],
         suggestions=_keep(labs_suggestion("order_mineral_labs", labs)),
@@ -291,7 +289,8 @@ def threshold_text(cal: CalciumStatus) -> str:
     return text("threshold_total", kind=calcium_label(cal).lower())
 
 
-@rule("hypercalcemia", "R04", PV, fields={"ca_label", "ca_text", "alb", "severity", "drawn", "threshold"})
+@rule("hypercalcemia", "R04", PV, fields={"ca_label", "ca_text", "alb", "severity", "drawn", "threshold"},
+      version="0.2.0")
 def hypercalcemia(ctx: RuleContext) -> Finding | None:
     """R04: hypercalcemia on a result <= 30 days (ionized <= 72 h); warning if >= 12 mg/dL."""
     s = ctx.state
@@ -305,18 +304,18 @@ def hypercalcemia(ctx: RuleContext) -> Finding | None:
     confirm = corrected and (
         s.in_stage(*CKD_G4_PLUS) or (cal.albumin is not None and cal.albumin.below(ALBUMIN_IONIZED_ADVICE))
     )
-    hints: list[str] = []
+    hints: list[Markdown] = []
     if s.facts.has_condition("cond-sarcoidosis"):
-        hints.append(phrase("hint_sarcoidosis"))
+        hints.append(Phrase.of("hint_sarcoidosis"))
     if s.facts.has_condition("cond-malignancy", "cond-multiple-myeloma", "cond-leukemia", "cond-paget"):
-        hints.append(phrase("hint_malignancy"))
+        hints.append(Phrase.of("hint_malignancy"))
     if s.pth_high() and s.fresh(s.pth, PTH_CURRENT_DAYS):
-        hints.append(phrase("hint_hpt", value=num(s.pth.value) if s.pth else ""))
+        hints.append(Phrase.of("hint_hpt", value=num(s.pth.value) if s.pth else ""))
     vitd = s.latest("lab-vitamin-d-25oh", days=VITAMIN_D_DAYS)
     if vitd is not None and vitd.exceeds(VITD_POSSIBLE_EXCESS, inclusive=True):
-        hints.append(phrase("hint_vitamin_d", value=num(vitd.value)))
+        hints.append(Phrase.of("hint_vitamin_d", value=num(vitd.value)))
     if s.facts.has_medication("med-oral-calcium") and s.facts.has_medication("med-sodium-bicarbonate"):
-        hints.append(phrase("hint_milk_alkali"))
+        hints.append(Phrase.of("hint_milk_alkali"))
     return Finding(
         rule_id="hypercalcemia",
         indicator="warning" if cal.at_least_moderate else "info",  # §8 C10: warning from 12.0 mg/dL
@@ -328,9 +327,9 @@ def hypercalcemia(ctx: RuleContext) -> Finding | None:
             "severity": text("hypercalcemia_" + cal.grade),
             "threshold": threshold_text(cal),
             "drawn": drawn_text(s.now, cal.time),
-            "values_md": bullet_block("values_heading", calcium_lines(cal, s.now)),
-            "note_md": phrase("confirm_ionized") if confirm else "",
-            "factors_md": bullet_block("hints_heading", hints) + "\n\n" + factors_block(s, (cal.result,)),
+            "values_md": bullets("values_heading", calcium_lines(cal, s.now)),
+            "note_md": Phrase.of("confirm_ionized") if confirm else "",
+            "factors_md": (bullets("hints_heading", hints), "\n\n", factors_block(s, (cal.result,))),
         },
         evidence=calcium_evidence(cal),
         suggestions=_keep(
@@ -376,7 +375,7 @@ def low_calcium_near(state: PatientState, p: LabResult) -> LabResult | None:
     return total if total is not None and total.below(HYPOCALCEMIA_MG_DL) else None
 
 
-@rule("hyperphosphatemia", "R05", PV, fields={"p", "stage", "drawn"})
+@rule("hyperphosphatemia", "R05", PV, fields={"p", "stage", "drawn"}, version="0.2.0")
 def hyperphosphatemia(ctx: RuleContext) -> Finding | None:
     """R05: hyperphosphatemia on a current result (<= 30 d), reported whenever R01/R02 did not fire.
 
@@ -400,9 +399,10 @@ def hyperphosphatemia(ctx: RuleContext) -> Finding | None:
     low_ca = low_calcium_near(s, p)
     values = [value_line(p, s.now)] + ([value_line(low_ca, s.now)] if low_ca is not None else [])
     pair = usable_pair(s, CURRENT_DAYS)
-    notes = [phrase("pair_below_thresholds", product=caxp_text(pair))] if pair is not None else [phrase("no_pair")]
+    notes = ([Phrase.of("pair_below_thresholds", product=caxp_text(pair))] if pair is not None
+             else [Phrase.of("no_pair")])
     if low_ca is not None:
-        notes.append(phrase("tolerate_hypocalcemia"))
+        notes.append(Phrase.of("tolerate_hypocalcemia"))
     return Finding(
         rule_id="hyperphosphatemia",
         indicator="info",
@@ -411,12 +411,12 @@ def hyperphosphatemia(ctx: RuleContext) -> Finding | None:
             "p": shown(p.value, PHOSPHATE_HIGH_MG_DL, PHOSPHATE_TARGET_G5_MG_DL),
             "stage": stage_label(s),
             "drawn": drawn_text(s.now, p.time),
-            "values_md": bullet_block("values_heading", values),
-            "note_md": "\n\n".join(notes),
+            "values_md": bullets("values_heading", values),
+            "note_md": joined("\n\n", notes),
             "factors_md": factors_block(s, (p,)),
-            "advice_md": bullet_block("advice_heading", [
-                phrase("advice_phosphate"), phrase("advice_phosphate_dialysis") if s.on_dialysis else "",
-                phrase("advice_no_al_mg")]),
+            "advice_md": bullets("advice_heading", [
+                Phrase.of("advice_phosphate"), Phrase.of("advice_phosphate_dialysis") if s.on_dialysis else "",
+                Phrase.of("advice_no_al_mg")]),
         },
         evidence=[evidence("phosphate", p)] + ([evidence("calcium_low", low_ca)] if low_ca is not None else []),
         suggestions=_keep(labs_suggestion("order_ca_albumin", [] if pair is not None else [CALCIUM, ALBUMIN])),
@@ -426,7 +426,7 @@ def hyperphosphatemia(ctx: RuleContext) -> Finding | None:
 # --- R06 ------------------------------------------------------------------------------------------------
 
 
-@rule("pth-high", "R06", PV, fields={"pth", "multiple", "stage", "ca_text"})
+@rule("pth-high", "R06", PV, fields={"pth", "multiple", "stage", "ca_text"}, version="0.2.0")
 def pth_high(ctx: RuleContext) -> Finding | None:
     """R06: PTH > 9 x ULN in G5D (<= 180 d), or PTH > ULN / HPT condition with hypercalcemia."""
     s = ctx.state
@@ -454,8 +454,8 @@ def pth_high(ctx: RuleContext) -> Finding | None:
             "multiple": f"{pth.value / s.pth_uln():.1f}" if pth else "",
             "stage": stage_label(s),
             "ca_text": calcium_text(cal) if cal else "",
-            "values_md": bullet_block("values_heading", values),
-            "advice_md": bullet_block("advice_heading", [phrase("advice_pth")]),
+            "values_md": bullets("values_heading", values),
+            "advice_md": bullets("advice_heading", [Phrase.of("advice_pth")]),
         },
         evidence=([evidence("pth", pth)] if pth else []) + (calcium_evidence(cal) if cal and hyper else []),
         suggestions=_keep(consult(s, True)),
@@ -470,7 +470,7 @@ class Mineral:
     """An R07 mineral abnormality: summary words, detail line and evidence."""
 
     words: str
-    line: str
+    line: Markdown
     evidence: list[dict[str, Any]]
 
 
@@ -482,24 +482,24 @@ def calciphylaxis_minerals(s: PatientState) -> list[Mineral]:
     minerals: list[Mineral] = []
     pair = usable_pair(s)
     if pair is not None and pair.exceeds(CAXP_SEED_THRESHOLD):
-        minerals.append(Mineral(f"Ca x P {caxp_text(pair)}", phrase("mineral_caxp", value=caxp_text(pair)),
+        minerals.append(Mineral(f"Ca x P {caxp_text(pair)}", Phrase.of("mineral_caxp", value=caxp_text(pair)),
                                 pair_evidence(pair)))
     cal = s.calcium
     if cal is not None and current_hypercalcemia(s, DOWNWEIGHT_DAYS):
-        minerals.append(Mineral(text("hypercalcemia"), phrase("mineral_calcium", value=calcium_text(cal)),
+        minerals.append(Mineral(text("hypercalcemia"), Phrase.of("mineral_calcium", value=calcium_text(cal)),
                                 calcium_evidence(cal)))
     p = s.phosphate
     if p is not None and s.fresh(p, DOWNWEIGHT_DAYS) and s.phosphate_above_g5_target():
         value = shown(p.value, PHOSPHATE_TARGET_G5_MG_DL)
-        minerals.append(Mineral(f"P {value} mg/dL", phrase("mineral_phosphate", value=value),
+        minerals.append(Mineral(f"P {value} mg/dL", Phrase.of("mineral_phosphate", value=value),
                                 [evidence("phosphate", p)]))
     if s.pth is not None and s.fresh(s.pth, PTH_CURRENT_DAYS) and s.pth_marked():
-        minerals.append(Mineral(f"PTH {num(s.pth.value)} pg/mL", phrase("mineral_pth", value=num(s.pth.value)),
+        minerals.append(Mineral(f"PTH {num(s.pth.value)} pg/mL", Phrase.of("mineral_pth", value=num(s.pth.value)),
                                 [evidence("pth", s.pth)]))
     return minerals
 
 
-@rule("calciphylaxis-risk", "R07", PV, fields={"renal", "mineral", "cofactors"})
+@rule("calciphylaxis-risk", "R07", PV, fields={"renal", "mineral", "cofactors"}, version="0.2.0")
 def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
     """R07: (G5D/G5/kidney transplant) + mineral abnormality + (warfarin or >= 2 co-factors).
 
@@ -511,19 +511,19 @@ def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
     minerals = calciphylaxis_minerals(s)
     if not minerals:
         return None
-    cofactors: list[tuple[str, str]] = []
+    cofactors: list[tuple[str, Markdown]] = []
     if s.on_warfarin:
-        cofactors.append((text("co_warfarin"), phrase("co_warfarin_detail")))
+        cofactors.append((text("co_warfarin"), Phrase.of("co_warfarin_detail")))
     if s.obese:
-        cofactors.append((text("co_obesity"), phrase("co_obesity_detail")))
+        cofactors.append((text("co_obesity"), Phrase.of("co_obesity_detail")))
     if s.diabetes:
-        cofactors.append((text("co_diabetes"), phrase("co_diabetes_detail")))
+        cofactors.append((text("co_diabetes"), Phrase.of("co_diabetes_detail")))
     if s.female:
-        cofactors.append((text("co_female"), phrase("co_female_detail")))
+        cofactors.append((text("co_female"), Phrase.of("co_female_detail")))
     if s.hypoalbuminemia and s.albumin is not None:
-        cofactors.append((text("co_albumin"), phrase("co_albumin_detail", value=num(s.albumin.value))))
+        cofactors.append((text("co_albumin"), Phrase.of("co_albumin_detail", value=num(s.albumin.value))))
     if s.facts.has_medication("med-oral-calcium") and s.facts.has_medication("med-active-vitamin-d"):
-        cofactors.append((text("co_binder_vitd"), phrase("co_binder_vitd_detail")))
+        cofactors.append((text("co_binder_vitd"), Phrase.of("co_binder_vitd_detail")))
     others = [c for c in cofactors if c[0] != text("co_warfarin")]
     if not (s.on_warfarin or len(others) >= 2):
         return None
@@ -540,12 +540,12 @@ def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
             "renal": renal,
             "mineral": minerals[0].words,
             "cofactors": ", ".join(c[0] for c in cofactors),
-            "values_md": bullet_block("mineral_heading", [m.line for m in minerals]),
-            "factors_md": phrase("cofactor_line", items="; ".join(c[1] for c in cofactors)),
-            "note_md": phrase("calciphylaxis_note"),   # the warfarin-in-CTD note is on the rule page
-            "advice_md": bullet_block("advice_heading", [phrase("advice_calciphylaxis_binders"),
-                                                         phrase("advice_warfarin") if s.on_warfarin else "",
-                                                         phrase("advice_skin")]),
+            "values_md": bullets("mineral_heading", [m.line for m in minerals]),
+            "factors_md": Phrase.of("cofactor_line", items=joined("; ", (c[1] for c in cofactors))),
+            "note_md": Phrase.of("calciphylaxis_note"),   # the warfarin-in-CTD note is on the rule page
+            "advice_md": bullets("advice_heading", [Phrase.of("advice_calciphylaxis_binders"),
+                                                         Phrase.of("advice_warfarin") if s.on_warfarin else "",
+                                                         Phrase.of("advice_skin")]),
         },
         evidence=[e for m in minerals for e in m.evidence],
         suggestions=_keep(
@@ -558,7 +558,7 @@ def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
 # --- R14 ------------------------------------------------------------------------------------------------
 
 
-@rule("vitamin-d-excess", "R14", PV, fields={"vitd", "ca_text", "drawn"})
+@rule("vitamin-d-excess", "R14", PV, fields={"vitd", "ca_text", "drawn"}, version="0.2.0")
 def vitamin_d_excess(ctx: RuleContext) -> Finding | None:
     """R14: 25-OH D >= 150 ng/mL (warning), >= 80 with hypercalcemia (warning), >= 80 alone (info)."""
     s = ctx.state
@@ -580,11 +580,11 @@ def vitamin_d_excess(ctx: RuleContext) -> Finding | None:
             "vitd": num(vitd.value),
             "ca_text": calcium_text(cal) if cal else "",
             "drawn": drawn_text(s.now, vitd.time),
-            "values_md": bullet_block(
+            "values_md": bullets(
                 "values_heading", [value_line(vitd, s.now)] + (calcium_lines(cal, s.now) if cal and hyper else [])
             ),
-            "factors_md": bullet_block("vitd_sources_heading", [phrase("med_line", name=n) for n in meds]),
-            "note_md": phrase("vitd_ckd_caveat") if s.in_stage("G5D") else "",
+            "factors_md": bullets("vitd_sources_heading", [Phrase.of("med_line", name=n) for n in meds]),
+            "note_md": Phrase.of("vitd_ckd_caveat") if s.in_stage("G5D") else "",
         },
         evidence=[evidence("vitamin_d_25oh", vitd)] + (calcium_evidence(cal) if cal and hyper else []),
         suggestions=_keep(labs_suggestion("order_vitd125", [VITD125] if granulomatous else [])),
@@ -594,7 +594,7 @@ def vitamin_d_excess(ctx: RuleContext) -> Finding | None:
 # --- R15 ------------------------------------------------------------------------------------------------
 
 
-@rule("tumor-lysis", "R15", PV, fields={"tls_basis"})
+@rule("tumor-lysis", "R15", PV, fields={"tls_basis"}, version="0.2.0")
 def tumor_lysis(ctx: RuleContext) -> Finding | None:
     """R15: TLS_ACTIVE -> info (calcification risk context; the action happens at order time)."""
     s = ctx.state
@@ -610,8 +610,8 @@ def tumor_lysis(ctx: RuleContext) -> Finding | None:
         indicator="info",
         fields={
             "tls_basis": text("tls_dx") if "diagnosis" in s.tls_reason else text("tls_labs"),
-            "values_md": bullet_block("values_heading", [value_line(r, s.now) for r in recent]),
-            "note_md": phrase("tls_reason", reason=s.tls_reason),
+            "values_md": bullets("values_heading", [value_line(r, s.now) for r in recent]),
+            "note_md": Phrase.of("tls_reason", reason=s.tls_reason),
         },
         evidence=[evidence(r.analyte, r) for r in recent],
         suggestions=_keep(labs_suggestion("order_tls_labs", need)),
@@ -627,7 +627,8 @@ CTD_CARD_GROUPS = (
 )
 
 
-@rule("connective-tissue-disease", "R16", PV, fields={"ctd"}, option="ctd_info_card")
+@rule("connective-tissue-disease", "R16", PV, fields={"ctd"}, options={"ctd_info_card": False},
+      switch="ctd_info_card", version="0.2.0")
 def connective_tissue_disease(ctx: RuleContext) -> Finding | None:
     """R16 (only with ``ctd_info_card``): JDM, SSc/CREST or DM -> info suggesting rheumatology follow-up."""
     s = ctx.state
@@ -639,8 +640,8 @@ def connective_tissue_disease(ctx: RuleContext) -> Finding | None:
                 indicator="info",
                 fields={
                     "ctd": text(key),
-                    "values_md": bullet_block("conditions_heading",
-                                              [phrase("condition_line", name=c.display or c.code, code=c.code)
+                    "values_md": bullets("conditions_heading",
+                                              [Phrase.of("condition_line", name=c.display or c.code, code=c.code)
                                                for c in found]),
                 },
                 evidence=[{"name": "condition", "value": c.code, "unit": "", "original_value": c.code,
@@ -654,7 +655,7 @@ def connective_tissue_disease(ctx: RuleContext) -> Finding | None:
 # --- R17 ------------------------------------------------------------------------------------------------
 
 
-@rule("milk-alkali", "R17", PV, fields={"ca_text"})
+@rule("milk-alkali", "R17", PV, fields={"ca_text"}, version="0.2.0")
 def milk_alkali(ctx: RuleContext) -> Finding | None:
     """R17: hypercalcemia + calcium salt + (bicarbonate med or CO2 > 30) + (eGFR < 60 or AKI)."""
     s = ctx.state
@@ -675,8 +676,8 @@ def milk_alkali(ctx: RuleContext) -> Finding | None:
         indicator="info",
         fields={
             "ca_text": calcium_text(cal),
-            "values_md": bullet_block("values_heading", lines),
-            "factors_md": bullet_block("meds_heading", [phrase("med_line", name=n) for n in meds]),
+            "values_md": bullets("values_heading", lines),
+            "factors_md": bullets("meds_heading", [Phrase.of("med_line", name=n) for n in meds]),
         },
         evidence=calcium_evidence(cal) + [evidence(r.analyte, r) for r in (bicarb, egfr) if r is not None],
     )
@@ -685,7 +686,8 @@ def milk_alkali(ctx: RuleContext) -> Finding | None:
 # --- R19 ------------------------------------------------------------------------------------------------
 
 
-@rule("tumoral-calcinosis", "R19", PV, fields={"p"}, option="tumoral_calcinosis_rule")
+@rule("tumoral-calcinosis", "R19", PV, fields={"p"}, options={"tumoral_calcinosis_rule": False},
+      switch="tumoral_calcinosis_rule", version="0.2.0")
 def tumoral_calcinosis(ctx: RuleContext) -> Finding | None:
     """R19 (off by default): age 2-25, P above lab ULN on >= 2 results >= 30 days apart, eGFR >= 60."""
     s = ctx.state
@@ -702,7 +704,7 @@ def tumoral_calcinosis(ctx: RuleContext) -> Finding | None:
         indicator="info",
         fields={
             "p": num(high[0].value),
-            "values_md": bullet_block("values_heading", [value_line(r, s.now) for r in high[:5]]),
+            "values_md": bullets("values_heading", [value_line(r, s.now) for r in high[:5]]),
         },
         evidence=[evidence("phosphate", r) for r in high[:5]],
         suggestions=[SuggestionSpec(kind="consult", label="consult", specialty="endocrinology")],
@@ -712,7 +714,7 @@ def tumoral_calcinosis(ctx: RuleContext) -> Finding | None:
 # --- R20 ------------------------------------------------------------------------------------------------
 
 
-@rule("documented-calcinosis", "R20", PV, fields={"dx", "abnormality"})
+@rule("documented-calcinosis", "R20", PV, fields={"dx", "abnormality"}, version="0.2.0")
 def documented_calcinosis(ctx: RuleContext) -> Finding | None:
     """R20: documented calciphylaxis / calcinosis cutis + a current mineral abnormality -> warning."""
     s = ctx.state
@@ -743,8 +745,8 @@ def documented_calcinosis(ctx: RuleContext) -> Finding | None:
         fields={
             "dx": dx,
             "abnormality": found[0][0],
-            "values_md": bullet_block("mineral_heading", [f[0] for f in found]),
-            "factors_md": bullet_block("meds_heading", [phrase("med_line", name=n) for n in meds]),
+            "values_md": bullets("mineral_heading", [f[0] for f in found]),
+            "factors_md": bullets("meds_heading", [Phrase.of("med_line", name=n) for n in meds]),
         },
         evidence=[e for f in found for e in f[1]],
         suggestions=[
@@ -757,7 +759,7 @@ def documented_calcinosis(ctx: RuleContext) -> Finding | None:
 # --- R22 ------------------------------------------------------------------------------------------------
 
 
-@rule("hyperparathyroid-pattern", "R22", PV, fields={"ca_text", "p"})
+@rule("hyperparathyroid-pattern", "R22", PV, fields={"ca_text", "p"}, version="0.2.0")
 def hyperparathyroid_pattern(ctx: RuleContext) -> Finding | None:
     """R22: within 7 days Ca > 10.2 (total/corrected), ALP > lab ULN, P < LLN; no PTH in 30 days."""
     s = ctx.state
@@ -780,7 +782,7 @@ def hyperparathyroid_pattern(ctx: RuleContext) -> Finding | None:
         fields={
             "ca_text": calcium_text(cal),
             "p": num(p.value),
-            "values_md": bullet_block("values_heading", calcium_lines(cal, s.now)
+            "values_md": bullets("values_heading", calcium_lines(cal, s.now)
                                       + [value_line(alp, s.now), value_line(p, s.now)]),
         },
         evidence=calcium_evidence(cal) + [evidence("alp", alp), evidence("phosphate", p)],
@@ -791,7 +793,7 @@ def hyperparathyroid_pattern(ctx: RuleContext) -> Finding | None:
 # --- R23 ------------------------------------------------------------------------------------------------
 
 
-@rule("albumin-needed", "R23", PV, fields={"ca_text", "direction"})
+@rule("albumin-needed", "R23", PV, fields={"ca_text", "direction"}, version="0.2.0")
 def albumin_needed(ctx: RuleContext) -> Finding | None:
     """R23: latest total Ca (<= 30 d) outside the lab range (default 8.4-10.2) with no albumin or
     ionized calcium within 24 h -> info."""
@@ -810,7 +812,7 @@ def albumin_needed(ctx: RuleContext) -> Finding | None:
         fields={
             "ca_text": f"{num(ca.value)} mg/dL",
             "direction": text("direction_" + direction),
-            "values_md": bullet_block("values_heading", [value_line(ca, s.now)]),
+            "values_md": bullets("values_heading", [value_line(ca, s.now)]),
         },
         evidence=[evidence("calcium", ca)],
         suggestions=_keep(labs_suggestion("order_albumin", [ALBUMIN, IONIZED])),

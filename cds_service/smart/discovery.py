@@ -7,7 +7,6 @@ mechanism older servers still use, so it is the fallback.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 import requests
 
 from cds_service.config import Settings
+from cds_service.json_fetch import JsonFetchFailed, fetch_json
 from cds_service.smart.errors import DiscoveryFailed
 from cds_service.url_policy import path_problem
 
@@ -76,23 +76,15 @@ def discover(iss: str, settings: Settings, session: requests.Session) -> SmartEn
 def _get_json(url: str, settings: Settings, session: requests.Session) -> dict[str, Any] | None:
     """GET a small JSON document; None on any failure (logged without the body)."""
     try:
-        response = session.get(url, headers={"Accept": _ACCEPT}, allow_redirects=False, stream=True,
-                               timeout=(settings.fhir_connect_timeout_s, settings.fhir_read_timeout_s))
-    except requests.RequestException as exc:
-        log.warning("smart_discovery_unreachable", extra={"error_type": type(exc).__name__})
+        reply = fetch_json(url, max_bytes=_MAX_BYTES, headers={"Accept": _ACCEPT}, session=session,
+                           timeout=(settings.fhir_connect_timeout_s, settings.fhir_read_timeout_s))
+    except JsonFetchFailed as exc:
+        log.warning("smart_discovery_unreachable", extra={"error_type": exc.kind})
         return None
-    with response:
-        if response.status_code != 200:
-            log.info("smart_discovery_status", extra={"status": response.status_code})
-            return None
-        raw = response.raw.read(_MAX_BYTES + 1, decode_content=True)
-    if len(raw) > _MAX_BYTES:
+    if reply.status != 200:
+        log.info("smart_discovery_status", extra={"status": reply.status})
         return None
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+    return reply.object()
 
 
 def _endpoint(value: Any, settings: Settings) -> str | None:

@@ -18,6 +18,7 @@ import requests
 
 from cds_service.config import Settings
 from cds_service.hook_models import is_fhir_id
+from cds_service.json_fetch import JsonFetchFailed, fetch_json
 from cds_service.smart.errors import TokenExchangeFailed
 
 log = logging.getLogger(__name__)
@@ -55,16 +56,14 @@ def exchange_code(token_endpoint: str, *, code: str, redirect_uri: str, client_i
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
             "client_id": client_id, "code_verifier": code_verifier}
     try:
-        response = session.post(token_endpoint, data=form, headers={"Accept": "application/json"},
-                                allow_redirects=False, stream=True,
-                                timeout=(settings.fhir_connect_timeout_s, settings.fhir_read_timeout_s))
-    except requests.RequestException as exc:
-        log.warning("smart_token_unreachable", extra={"error_type": type(exc).__name__})
+        reply = fetch_json(token_endpoint, form=form, max_bytes=_MAX_BYTES, headers={"Accept": "application/json"},
+                           session=session, timeout=(settings.fhir_connect_timeout_s, settings.fhir_read_timeout_s))
+    except JsonFetchFailed as exc:
+        log.warning("smart_token_unreachable", extra={"error_type": exc.kind})
+        if exc.kind == "too-large":
+            raise TokenExchangeFailed("The EHR's token endpoint sent an oversized answer. Launch again.") from None
         raise TokenExchangeFailed("The EHR's token endpoint could not be reached. Try launching again.") from None
-    with response:
-        raw = response.raw.read(_MAX_BYTES + 1, decode_content=True)
-        status = response.status_code
-    body = _json_object(raw)
+    body, status = reply.object(), reply.status
     if status != 200:
         error = body.get("error") if body else None
         log.info("smart_token_refused", extra={"status": status, "oauth_error": _safe_code(error)})
@@ -109,16 +108,6 @@ def _app_context_rule(value: Any) -> str | None:
         if isinstance(rule, str) and _RULE_ID.fullmatch(rule):
             return rule
     return None
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    if len(raw) > _MAX_BYTES:
-        return None
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _safe_code(value: Any) -> str:

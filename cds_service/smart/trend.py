@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from cds_service.rules.states import dialysis_sessions
 from cds_service.rules.thresholds import CAXP_KDOQI_TARGET, CAXP_SEED_THRESHOLD
 from fhir_mappings.facts import LabResult, PatientFacts
 from fhir_mappings.pairing import CaPPair, PairIndex
-from fhir_mappings.states import dialysis_sessions
 
 TOTAL_CALCIUM_KINDS = ("lab-calcium-total", "lab-calcium-blood")
 PHOSPHATE_KINDS = ("lab-phosphate",)

@@ -1,13 +1,12 @@
 """Fixtures for the audit-log tests: the same tests run on SQLite and on the machine's real PostgreSQL.
 
 PostgreSQL: 127.0.0.1:5432, trust auth, user postgres. Each test gets a uniquely named database that is
-dropped afterwards. Set CDS_TEST_SKIP_POSTGRES=1 to skip those cases on a machine without PostgreSQL.
+dropped afterwards. The PostgreSQL cases carry the ``postgres`` mark: skipped with a message when no server is
+reachable locally, a failure in CI (CALCINOSIS_REQUIRE_POSTGRES=1; tests/support/postgres.py).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,38 +19,13 @@ from psycopg import sql
 from cds_service.audit import AuditLog
 from cds_service.audit.keys import Keyring, parse_key
 from cds_service.config import Settings, load_settings
+from tests.support.postgres import PG_ADMIN, require_postgres
 
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:{port}/{name}"
 # The audit chain key of the test databases (issue 15 item 6); CHAIN_KEY_ENV for CLI runs and subprocesses.
 TEST_CHAIN_KEY = "test-audit-chain-key-0123456789abcdef"
 TEST_KEYRING = Keyring(current=parse_key(TEST_CHAIN_KEY, "tests"), retired={})
 CHAIN_KEY_ENV = {"CDS_AUDIT_CHAIN_KEY": TEST_CHAIN_KEY}
-
-
-def _postgres_up() -> bool:
-    try:
-        with psycopg.connect(PG_ADMIN_DSN):
-            return True
-    except psycopg.OperationalError:
-        return False
-
-
-def _start_postgres() -> None:
-    versions = os.listdir("/etc/postgresql") if os.path.isdir("/etc/postgresql") else []
-    for version in versions:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-                       check=False, capture_output=True, timeout=60)
-
-
-def require_postgres() -> None:
-    """Skip on request, start PostgreSQL if it is down, fail loudly if it still is."""
-    if os.environ.get("CDS_TEST_SKIP_POSTGRES") == "1":
-        pytest.skip("CDS_TEST_SKIP_POSTGRES=1")
-    if not _postgres_up():
-        _start_postgres()
-    if not _postgres_up():
-        pytest.fail("PostgreSQL at 127.0.0.1:5432 is not reachable (set CDS_TEST_SKIP_POSTGRES=1 to skip)")
 
 
 @dataclass(frozen=True)
@@ -77,17 +51,17 @@ class Database:
 
 def _create_pg_database() -> str:
     name = f"cds_audit_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
         connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return name
 
 
 def _drop_pg_database(name: str) -> None:
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as connection:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
         connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """An empty audit database on each backend (parametrised)."""
     data_dir = tmp_path / "data"

@@ -22,9 +22,10 @@ from cds_service.audit.integrity import verify_chain
 from cds_service.audit.records import SpooledCall, call_from_json, call_to_json
 from cds_service.audit.schema import calls, cards
 from cds_service.audit.spool import STALE_TMP_SECONDS, Spool
-from tests.audit.conftest import TEST_KEYRING, Database, require_postgres
+from tests.audit.conftest import TEST_KEYRING, Database
 from tests.audit.factories import SECRET_LAB_VALUE, TENANT, engine_for, make_call, make_card, make_feedback
 from tests.audit.pgproxy import TcpProxy
+from tests.support.postgres import require_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

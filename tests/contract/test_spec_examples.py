@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from cds_service.runtime import get_runtime
 from tests.contract.checker import (
     ContractViolation,
     check_discovery,
     check_feedback_request,
     check_hook_response,
 )
-from tests.support.app import make_app
 from tests.support.fhir_builders import prefetch_for
 
 SPEC = Path(__file__).parents[1] / "fixtures" / "spec"
@@ -24,11 +22,9 @@ def _load(name):
 
 
 @pytest.fixture
-def client(tmp_path):
+def app_settings():
     # --dev, but with an allowlist so nothing can leave the machine (the spec examples name real hosts).
-    app = make_app(tmp_path, allowed_fhir_servers=("http://127.0.0.1:9/fhir",))
-    yield app.test_client()
-    get_runtime(app).close()
+    return {"allowed_fhir_servers": ("http://127.0.0.1:9/fhir",)}
 
 
 @pytest.mark.parametrize("name", ["discovery.json", "discovery-with-extension.json"])

@@ -23,18 +23,6 @@ def _nested(depth):
     return {"a": value}
 
 
-@pytest.fixture
-def app(tmp_path):
-    app = make_app(tmp_path)
-    yield app
-    get_runtime(app).close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def test_discovery_lists_the_three_services(client):
     response = client.get("/cds-services")
     assert response.status_code == 200

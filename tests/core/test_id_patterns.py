@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,11 +17,9 @@ from flask import Flask
 
 from cds_service.errors import InvalidRequest
 from cds_service.hook_models import parse_hook_request
-from cds_service.runtime import get_runtime
 from cds_service.smart.errors import TokenExchangeFailed
 from cds_service.smart.oauth import _app_context_rule, _grant_from
 from cds_service.smart.pkce import code_challenge_s256
-from tests.support.app import make_app
 
 BODY: dict[str, Any] = {
     "hook": "patient-view", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
@@ -40,10 +36,8 @@ TRAILING = ["\n", "\r\n", "\r", "\x00", " "]
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    app = make_app(tmp_path, audit_enabled=False)
-    yield app
-    get_runtime(app).close()
+def app_settings() -> dict[str, Any]:
+    return {"audit_enabled": False}
 
 
 def _with(body: dict[str, Any], field: str, value: Any) -> dict[str, Any]:

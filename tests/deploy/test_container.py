@@ -170,7 +170,8 @@ def test_the_wheel_carries_code_content_and_migrations(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("calcinosis_cds-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("cds_service/serving.py", "cds_service/buffered_wsgi.py", "cds_service/metrics.py",
-                     "cards/templates.toml", "fhir_mappings/units.toml", "cds_service/audit/migrations/env.py"):
+                     "cards/templates.toml", "fhir_mappings/units.toml", "cds_service/audit/migrations/env.py",
+                     "synth/cohort.py", "synth/cli.py"):  # `calcinosis-cds synth` in the image (issue 17)
         assert required in names, required
     packaged_valuesets = {n for n in names if n.startswith("fhir_mappings/valuesets/") and n.endswith(".json")}
     on_disk = {f"fhir_mappings/valuesets/{p.name}" for p in (REPO / "fhir_mappings" / "valuesets").glob("*.json")}

@@ -28,7 +28,6 @@ from tests.deploy.service_process import (
     worker_pids,
 )
 from tests.security.tokens import make_key, settings_for, write_issuers_file
-from tests.support.app import make_app
 from tests.support.fhir_builders import esrd_with_high_caxp, hook_request, prefetch_for
 
 PATIENT_VIEW = "calcinosis-patient-view"
@@ -39,12 +38,6 @@ def _scrape(client: FlaskClient) -> dict[Any, float]:
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain")
     return parse_metrics(response.get_data(as_text=True))
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> FlaskClient:
-    """A dev-mode app (no JWT needed) on a private SQLite audit log."""
-    return make_app(tmp_path).test_client()
 
 
 def test_requests_are_counted_per_endpoint_and_status(client: FlaskClient) -> None:

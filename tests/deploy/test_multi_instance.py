@@ -15,7 +15,6 @@ spread over both instances; then:
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +45,6 @@ CALLS_PER_INSTANCE = 12
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A uniquely named PostgreSQL database, dropped afterwards."""
-    if os.environ.get("CDS_TEST_SKIP_POSTGRES") == "1":
-        pytest.skip("CDS_TEST_SKIP_POSTGRES=1")
     with fresh_database("cds_deploy") as url:
         yield url
 

@@ -1,7 +1,7 @@
 """Inputs of the extraction golden test (``test_extract_equivalence.py``, issue #7).
 
 A broad, deterministic set of records: the section 5 test patients and the variants other engine tests build,
-the DSTU2 / CDS Hooks sandbox shapes those tests use, ~60 synthetic patients from ``cds_service.synth`` (all
+the DSTU2 / CDS Hooks sandbox shapes those tests use, ~60 synthetic patients from ``synth`` (all
 three profiles, several seeds, mg/dL and mmol/L labs) and hand-made malformed resources (wrong types
 everywhere, missing fields, strings for numbers, lists where objects belong). Every builder call here is
 deterministic: ids come from a counter reset by ``golden_cases`` and dates are relative to ``NOW``.
@@ -17,7 +17,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cds_service.synth import PROFILES, generate_patient
+from synth import PROFILES, generate_patient
 
 from . import builders
 from .builders import (

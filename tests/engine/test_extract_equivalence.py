@@ -168,7 +168,7 @@ def test_same_answers_as_before(case_id: str) -> None:
     assert golden is not None, f"{case_id} is not in {GOLDEN.name}: regenerate on purpose"
     now = json.loads(json.dumps(outcome_of(_cases()[case_id])))  # same JSON round trip as the file
     assert now["input"] == golden["input"], (
-        f"{case_id}: the input itself changed (cds_service/synth.py or a builder?); the golden cannot judge it")
+        f"{case_id}: the input itself changed (synth/cohort.py or a builder?); the golden cannot judge it")
     assert now["facts"] == golden["facts"]
     assert now["orders"] == golden["orders"]
     assert now["order_skips"] == golden["order_skips"]

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fhir_mappings.extract as extract_module
-from fhir_mappings.extract import _UNPARSED, _Extractor, _parse_time, extract, parse_datetime
+from fhir_mappings.extract import _UNPARSED, _Extractor, extract
 from fhir_mappings.facts import (
     ConditionFact,
     LabResult,
@@ -243,27 +243,3 @@ def test_text_matcher_follows_added_patterns() -> None:
     assert index.text_matches("vs", "Warfarin")
 
 
-# --- timestamps --------------------------------------------------------------------------------------------------
-
-@settings(max_examples=1500, deadline=None)
-@given(st.sampled_from(["2024-05-01T08:00:00Z", "2024-05-01", "2024-05-01T08:00:00+02:00"]).flatmap(
-    lambda base: st.lists(st.tuples(st.integers(0, len(base) - 1), st.sampled_from("0123456789-:TZ+ .x")),
-                          max_size=3).map(lambda edits: _edit(base, edits))))
-def test_inline_time_parse_agrees_with_parse_datetime(value: str) -> None:
-    parsed = _parse_time(value)
-    assert parsed == parse_datetime(value)
-    if parsed is not None:
-        assert parsed.tzinfo is UTC
-        assert parsed.isoformat() == str(parse_datetime(value).isoformat())  # type: ignore[union-attr]
-
-
-def _edit(base: str, edits: list[tuple[int, str]]) -> str:
-    chars = list(base)
-    for position, char in edits:
-        chars[position] = char
-    return "".join(chars)
-
-
-def test_inline_time_parse_other_inputs() -> None:
-    for value in (None, 5, "", "2024-02-30T08:00:00Z", "2024-05-01T24:00:00Z", "2024-05-01T08:00:00.5Z"):
-        assert _parse_time(value) == parse_datetime(value)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhir_mappings.extract import _fast_datetime, _regex_datetime, parse_datetime
+from fhir_mappings.datetimes import _general, parse_datetime
 from fhir_mappings.units import UnknownUnitError, convert
 from fhir_mappings.valuesets import ICD10CM, LOINC, CodeIndex, _add_valueset, default_index
 
@@ -24,24 +26,32 @@ def _near_iso(draw: st.DrawFn) -> str:
 
 @settings(max_examples=3000, deadline=None)
 @given(_near_iso())
-def test_fast_datetime_agrees_with_the_general_parser(value: str) -> None:
-    fast = _fast_datetime(value)
-    if fast is not None:  # None only means "not a fast shape": the regex parser then answers alone
-        assert fast == _regex_datetime(value)
-    assert parse_datetime(value) == _regex_datetime(value)
+def test_the_fast_path_agrees_with_the_general_parser(value: str) -> None:
+    # parse_datetime short-cuts the common shapes with datetime.fromisoformat; _general is the reference answer.
+    parsed = parse_datetime(value)
+    assert parsed == _general(value)
+    if parsed is not None:
+        assert parsed.tzinfo is UTC
+        assert parsed.isoformat() == str(_general(value).isoformat())  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("value", [
     "2024-05-01", "2024-05-01T08:00:00Z", "2024-05-01T08:00:00+02:00", "2024-02-30", "2024-05-01T24:00:00Z",
     "2024-05-01T08:00:00+24:00", "2024-05-01T08:00:00+99:99", "2024-05-01 08:00:00Z", "2024",
+    "2024-05-01T08:00:00.5Z", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-14:00", " 2024-05 ",
 ])
-def test_fast_shapes_and_edge_cases_match_the_regex(value: str) -> None:
-    assert parse_datetime(value) == _regex_datetime(value)
+def test_fast_shapes_and_edge_cases_match_the_general_parser(value: str) -> None:
+    assert parse_datetime(value) == _general(value)
 
 
-def test_fast_path_takes_the_common_shapes() -> None:
-    assert _fast_datetime("2024-05-01T08:00:00+02:00") == _regex_datetime("2024-05-01T08:00:00+02:00")
-    assert _fast_datetime("2024-05-01T08:00:00.5Z") is None  # fractional seconds: general parser
+def test_values_that_are_not_strings_are_not_timestamps() -> None:
+    assert [parse_datetime(value) for value in (None, 5, 2024.5, b"2024-05-01", ["2024"])] == [None] * 5
+
+
+def test_the_common_shapes_give_utc_instants() -> None:
+    assert parse_datetime("2024-05-01T08:00:00+02:00") == datetime(2024, 5, 1, 6, tzinfo=UTC)
+    assert parse_datetime("2024-05-01") == datetime(2024, 5, 1, tzinfo=UTC)
+    assert parse_datetime("2024-05") == datetime(2024, 5, 1, tzinfo=UTC)
 
 
 def test_memoised_lookups_equal_fresh_lookups() -> None:

@@ -123,7 +123,7 @@ def _run(case: dict[str, Any]) -> Any:
 
 
 PATIENT_VIEW_RULES = sorted(r for r, d in RULES.items() if PATIENT_VIEW in d.hooks and r != INCOMPLETE
-                            and d.option is None)
+                            and d.switch is None)
 ORDER_RULES = sorted(r for r, d in RULES.items() if d.hooks & ORDER_HOOKS and r != INCOMPLETE)
 
 

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from cds_service.services import service_definitions
-from cds_service.synth import generate_patient, transaction_bundles
+from synth import generate_patient, transaction_bundles
 from tests.support.fhir_server import SERVER_DIR, FhirTestServer, ensure_node_modules
 from tests.support.shared_data import SYNTHEA_DIR
 

@@ -24,10 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = make_app(tmp_path, fhir_retries=0, fhir_read_timeout_s=1.0, fhir_total_timeout_s=3.0)
-    yield app
-    get_runtime(app).close()
+def app_settings():
+    return {"fhir_retries": 0, "fhir_read_timeout_s": 1.0, "fhir_total_timeout_s": 3.0}
 
 
 def _pid() -> str:

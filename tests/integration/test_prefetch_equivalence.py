@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 
-from cds_service.runtime import get_runtime
 from cds_service.services import find_service, resource_type_of
 from tests.engine import patients
 from tests.engine.builders import NOW, med
@@ -64,12 +63,8 @@ def _case(case_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def app(tmp_path):
-    from tests.support.app import make_app
-
-    app = make_app(tmp_path, fhir_retries=0, fhir_read_timeout_s=2.0, fhir_total_timeout_s=5.0)
-    yield app
-    get_runtime(app).close()
+def app_settings():
+    return {"fhir_retries": 0, "fhir_read_timeout_s": 2.0, "fhir_total_timeout_s": 5.0}
 
 
 def _shift(value: Any, delta: timedelta) -> Any:

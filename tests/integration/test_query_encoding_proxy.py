@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from flask import Flask
 
 from cds_service.runtime import get_runtime
 from cds_service.smart.patient_data import load_patient_data
-from tests.support.app import make_app
 from tests.support.fhir_builders import esrd_with_high_caxp, hook_request, prefetch_for
 from tests.support.fhir_server import FhirTestServer
 from tests.support.outbound_servers import CollapsingProxy
@@ -34,11 +32,8 @@ def proxy(fhir_server: FhirTestServer) -> Iterator[CollapsingProxy]:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    app = make_app(tmp_path, fhir_retries=0, fhir_read_timeout_s=5.0, fhir_total_timeout_s=10.0,
-                   audit_enabled=False)
-    yield app
-    get_runtime(app).close()
+def app_settings() -> dict[str, Any]:
+    return {"fhir_retries": 0, "fhir_read_timeout_s": 5.0, "fhir_total_timeout_s": 10.0, "audit_enabled": False}
 
 
 def _cards(response: Any) -> dict[str, tuple[str, str]]:

@@ -128,7 +128,7 @@ class FhirTestServer:
         command = [node, "--experimental-websocket", "server.mjs", "--port", str(port)]
         command += ["--latency-ms", str(latency_ms)]
         if require_token is not None:
-            command += ["--require-token", require_token]
+            command.append(f"--require-token={require_token}")  # "=" form: a token may start with "-"
         fd, stderr_name = tempfile.mkstemp(prefix="fhir-test-server-", suffix=".stderr")
         os.close(fd)
         stderr_path = Path(stderr_name)

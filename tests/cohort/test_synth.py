@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from fhir.resources.R4B import get_fhir_model_class
 
 from cds_service.cli import main
-from cds_service.synth import (
+from fhir_mappings.valuesets import LAB_VALUESETS, LOINC, default_index
+from synth import (
     SynthError,
     SynthPatient,
     generate_cohort,
@@ -21,7 +22,6 @@ from cds_service.synth import (
     transaction_bundle,
     transaction_bundles,
 )
-from fhir_mappings.valuesets import LAB_VALUESETS, LOINC, default_index
 from tests.support.fhir_server import FhirTestServer
 
 AS_OF = date(2025, 6, 15)

@@ -32,8 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-import click
-
+from fhir_mappings.datetimes import parse_datetime
 from fhir_mappings.valuesets import ICD10CM, LOINC, RXNORM, SNOMED, default_index
 
 Resource = dict[str, Any]
@@ -231,8 +230,10 @@ def _instant(day: date, hour: int, minute: int = 0) -> str:
 
 
 def _later(instant: str, *, hours: int) -> str:
-    moment = datetime.strptime(instant, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) + timedelta(hours=hours)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    parsed = parse_datetime(instant)  # the project's one FHIR timestamp parser (issue 17 item 5)
+    if parsed is None:
+        raise ValueError(f"not a FHIR instant: {instant!r}")
+    return (parsed + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _hd_days(as_of: date, years: int, schedule: int) -> list[date]:
@@ -611,7 +612,8 @@ class _PatientBuilder:
 
 # --- public API ----------------------------------------------------------------------------------------------
 
-def _check_arguments(patients: int, years: int, seed: int) -> None:
+def check_arguments(patients: int, years: int, seed: int) -> None:
+    """Raise SynthError (a message for the command line) when a size or the seed is out of range."""
     if not 1 <= patients <= MAX_PATIENTS:
         raise SynthError(f"--patients must be between 1 and {MAX_PATIENTS} (got {patients})")
     if not 1 <= years <= MAX_YEARS:
@@ -624,14 +626,14 @@ def generate_patient(index: int, profile: str, *, years: int, seed: int, as_of: 
     """One patient of ``profile`` (dialysis, ckd or ordinary) with ``years`` of history up to ``as_of``."""
     if profile not in PROFILES:
         raise SynthError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    _check_arguments(1, years, seed)
+    check_arguments(1, years, seed)
     check_codes()
     return _PatientBuilder(seed, index, profile, years, as_of or datetime.now(UTC).date()).build()
 
 
 def iter_cohort(patients: int, years: int, seed: int, as_of: date | None = None) -> Iterator[SynthPatient]:
     """Generate ``patients`` patients lazily; profiles are drawn from the seed (about 45% dialysis)."""
-    _check_arguments(patients, years, seed)
+    check_arguments(patients, years, seed)
     check_codes()
     day = as_of or datetime.now(UTC).date()
     chooser = random.Random(f"calcinosis-synth-profiles:{seed}")  # noqa: S311 - reproducible, not secret
@@ -716,37 +718,3 @@ def write_cohort(cohort: Iterable[SynthPatient], fmt: str, out_dir: Path | None,
         for handle in handles.values():
             handle.close()
     return sorted(written)
-
-
-# --- command line ------------------------------------------------------------------------------------------
-
-@click.command("synth")
-@click.option("--patients", type=int, required=True, help=f"How many patients (1-{MAX_PATIENTS}).")
-@click.option("--years", type=int, default=1, show_default=True, help="Years of history per patient.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same seed -> byte-identical output.")
-@click.option("--as-of", "as_of", default=None, metavar="YYYY-MM-DD",
-              help="Date the newest data leads up to (default: today, UTC).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory to write (default: standard output).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="bundle", show_default=True,
-              help="bundle: transaction Bundles (PUT, stable ids) per patient; ndjson: one file per type.")
-@click.option("--max-entries", type=int, default=DEFAULT_MAX_ENTRIES, show_default=True,
-              help="Entries per transaction Bundle (the Medplum test server takes 50; 0 = one per patient).")
-def synth_command(patients: int, years: int, seed: int, as_of: str | None, out_dir: Path | None,
-                  fmt: str, max_entries: int) -> None:
-    """Write a synthetic CKD-MBD cohort as FHIR R4 (fiction, tagged HTEST)."""
-    day: date | None = None
-    if as_of is not None:
-        try:
-            day = date.fromisoformat(as_of)
-        except ValueError:
-            raise click.BadParameter(f"{as_of!r} is not a date like 2025-06-15", param_hint="--as-of") from None
-    try:
-        _check_arguments(patients, years, seed)
-        written = write_cohort(iter_cohort(patients, years, seed, day), fmt, out_dir, max_entries=max_entries)
-    except SynthError as exc:
-        raise click.UsageError(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot write the cohort: {exc}") from None
-    if out_dir is not None:
-        click.echo(f"wrote {patients} patients to {len(written)} file(s) in {out_dir}", err=True)

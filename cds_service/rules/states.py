@@ -17,43 +17,46 @@ from datetime import datetime, timedelta
 from fhir_mappings.facts import ConditionFact, LabResult, PatientFacts, ProcedureFact, SetAside, Skipped
 from fhir_mappings.pairing import CaPPair, best_pair
 
-# --- thresholds (each cites its source in clinical-rules.md) -------------------------------------------
-CA_MG_PER_MMOL = 4.008
-HYPERCALCEMIA_MG_DL = 10.2          # KDOQI 2003 guideline 6.3 (2.54 mmol/L); section 2.7
-MODERATE_HYPERCALCEMIA_MG_DL = 12.0  # §8 C10: moderate >= 12.0 (R04 warning, R08/R09 threshold)
-SEVERE_HYPERCALCEMIA_MG_DL = 14.0   # §8 C10: severe >= 14.0
-HYPOCALCEMIA_MG_DL = 8.4            # section R23 default lower limit (D)
-IONIZED_HIGH_MG_DL = 1.32 * CA_MG_PER_MMOL   # UnityPoint ionized Ca range 1.12-1.32 mmol/L; section 2.4
-IONIZED_LOW_MG_DL = 1.12 * CA_MG_PER_MMOL
-IONIZED_MODERATE_MG_DL = 1.6 * CA_MG_PER_MMOL  # §8 C10: ionized moderate >= 1.6 mmol/L (D)
-IONIZED_SEVERE_MG_DL = 2.0 * CA_MG_PER_MMOL    # §8 C10: ionized severe >= 2.0 mmol/L (D)
-PAYNE_FACTOR = 0.8                  # Payne, BMJ 1973: Ca + 0.8 x (4.0 - albumin); section 2.3
-PAYNE_NORMAL_ALBUMIN = 4.0
-ALBUMIN_PAIR_WINDOW = timedelta(hours=24)   # section 2.3 (D)
-IONIZED_PAIR_WINDOW = timedelta(hours=24)   # section 2.3 preference order
-PHOSPHATE_HIGH_MG_DL = 4.5          # adults, 1.45 mmol/L; section 2.7 HYPERPHOSPHATEMIA
-PHOSPHATE_TARGET_G5_MG_DL = 5.5     # KDOQI 2003 stage-5 target 3.5-5.5 mg/dL; section 2.7
-PTH_DEFAULT_ULN = 65.0              # ARUP/Mayo intact PTH 15-65 pg/mL; section 2.7
-PTH_MARKED_MULTIPLE = 9.0           # KDIGO 2017 G5D iPTH ~2-9 x ULN; section 2.7
-HYPOALBUMINEMIA_G_DL = 3.5          # section 2.7 (D; calciphylaxis co-factor only)
-OBESITY_BMI = 30.0                  # section 2.7 OBESE
-BMI_WINDOW = timedelta(days=365)
-DIALYSIS_PROCEDURE_WINDOW = timedelta(days=30)   # section 2.1 (D); §8 C5: dated sessions only
-POST_DIALYSIS_WINDOW = timedelta(hours=6)        # §8.0 / C18: start < t <= end + 6 h is post-dialysis
-CRRT_ACTIVE_WINDOW = timedelta(hours=24)         # §8.0 C2/C7: CRRT in progress or ended within 24 h
-PARATHYROIDECTOMY_WINDOW = timedelta(days=30)    # §8 C2: hungry bone after parathyroidectomy
-EGFR_WINDOW = timedelta(days=365)                # section 2.6
-EGFR_SUSTAINED = timedelta(days=90)              # KDIGO 2012 chronicity; section 2.7
-EGFR_G5, EGFR_G4, EGFR_G3 = 15.0, 30.0, 60.0     # KDIGO 2012 GFR categories
-TLS_DX_WINDOW = timedelta(days=14)               # section 2.7 TLS_ACTIVE (D)
-TLS_LAB_WINDOW = timedelta(hours=24)             # modified Cairo-Bishop: >= 2 within 24 h
-TLS_LAB_RECENCY = timedelta(days=7)              # D: lab TLS only counts while current
-TLS_PHOSPHATE_ADULT, TLS_PHOSPHATE_CHILD = 4.5, 6.5  # Cairo-Bishop (Howard et al., NEJM 2011)
-TLS_CALCIUM_LOW = 7.0
-TLS_URATE = 8.0
-TLS_POTASSIUM = 6.0
-ADULT_AGE = 18.0
-ALBUMIN_WINDOW = timedelta(days=90)              # D: albumin co-factor must be current
+from .thresholds import (
+    ADULT_AGE,
+    ALBUMIN_PAIR_WINDOW,
+    ALBUMIN_WINDOW,
+    BMI_WINDOW,
+    CRRT_ACTIVE_WINDOW,
+    DIALYSIS_PROCEDURE_WINDOW,
+    EGFR_G3,
+    EGFR_G4,
+    EGFR_G5,
+    EGFR_SUSTAINED,
+    EGFR_WINDOW,
+    HYPERCALCEMIA_MG_DL,
+    HYPOALBUMINEMIA_G_DL,
+    HYPOCALCEMIA_MG_DL,
+    IONIZED_HIGH_MG_DL,
+    IONIZED_LOW_MG_DL,
+    IONIZED_MODERATE_MG_DL,
+    IONIZED_PAIR_WINDOW,
+    IONIZED_SEVERE_MG_DL,
+    MODERATE_HYPERCALCEMIA_MG_DL,
+    OBESITY_BMI,
+    PARATHYROIDECTOMY_WINDOW,
+    PAYNE_FACTOR,
+    PAYNE_NORMAL_ALBUMIN,
+    PHOSPHATE_HIGH_MG_DL,
+    PHOSPHATE_TARGET_G5_MG_DL,
+    POST_DIALYSIS_WINDOW,
+    PTH_DEFAULT_ULN,
+    PTH_MARKED_MULTIPLE,
+    SEVERE_HYPERCALCEMIA_MG_DL,
+    TLS_CALCIUM_LOW,
+    TLS_DX_WINDOW,
+    TLS_LAB_RECENCY,
+    TLS_LAB_WINDOW,
+    TLS_PHOSPHATE_ADULT,
+    TLS_PHOSPHATE_CHILD,
+    TLS_POTASSIUM,
+    TLS_URATE,
+)
 
 # §8 C5: true dialysis evidence (conditions); ESRD codes count only in the transplant comparison.
 DIALYSIS_CONDITIONS = ("cond-ckd-stage-5-dialysis", "cond-dialysis-dependence")

@@ -117,29 +117,26 @@ def create_admin_blueprint(settings: Settings, get_audit: Callable[[], AuditLog 
             return jsonify({"cards": rows})
         return _run(handler)
 
-    @bp.get("/export")
-    def export() -> Response:
-        """The CLI export over HTTP: ?format=ndjson|csv|fhir&since&until&patient&rule."""
+    def _export(calls: bool) -> Response:
         def handler(audit: AuditLog) -> Response:
             fmt = request.args.get("format", "ndjson")
             if fmt not in FORMATS:
                 raise _BadParameter("format", f"format must be one of {', '.join(FORMATS)}")
+            rows = (iter_calls if calls else iter_cards)(audit.engine, _filter_from_query())
             buffer = io.StringIO()
-            write_export(iter_cards(audit.engine, _filter_from_query()), fmt, buffer)
+            write_export(rows, fmt, buffer, calls=calls)
             return Response(buffer.getvalue(), mimetype=MEDIA_TYPES[fmt])
         return _run(handler)
+
+    @bp.get("/export")
+    def export() -> Response:
+        """The CLI export over HTTP, a row per card: ?format=ndjson|csv|fhir&since&until&patient&rule."""
+        return _export(calls=False)
 
     @bp.get("/export/calls")
     def export_calls() -> Response:
         """``audit export --calls`` over HTTP, a row per call: ?format=ndjson|csv|fhir&since&until&patient&rule."""
-        def handler(audit: AuditLog) -> Response:
-            fmt = request.args.get("format", "ndjson")
-            if fmt not in FORMATS:
-                raise _BadParameter("format", f"format must be one of {', '.join(FORMATS)}")
-            buffer = io.StringIO()
-            write_export(iter_calls(audit.engine, _filter_from_query()), fmt, buffer, calls=True)
-            return Response(buffer.getvalue(), mimetype=MEDIA_TYPES[fmt])
-        return _run(handler)
+        return _export(calls=True)
 
     @bp.get("/stats")
     def stats() -> Response:

@@ -125,4 +125,3 @@ MAGNESIUM_ULN_MG_DL = 2.4       # §8 C17: default upper limit 2.4 mg/dL (D)
 
 # R24 (§8 C16)
 WARFARIN_HISTORY_DAYS = 90      # no warfarin of any status within 90 days (inpatient warfarin is re-ordered daily)
-R24_MINERAL_DAYS = 90           # R07 mineral abnormality within 90 days

@@ -10,8 +10,11 @@ deterministic: ids come from a counter reset by ``golden_cases`` and dates are r
 from __future__ import annotations
 
 import copy
+import functools
+import gzip
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -663,3 +666,32 @@ def golden_cases() -> list[GoldenCase]:
         seen.add(case.case_id)
     # The engine must never change its input: every case gets its own copy.
     return [copy.deepcopy(case) for case in cases]
+
+
+# --- the golden files (tests/engine/golden_*.json.gz): one reader and one writer for every golden test -------
+
+
+@functools.cache
+def cases_by_id() -> dict[str, GoldenCase]:
+    """Every golden case by its id (built once per test run)."""
+    return {case.case_id: case for case in golden_cases()}
+
+
+def read_golden(path: Path, fmt: int) -> dict[str, Any]:
+    """The recorded answers by case id ({} when the file does not exist yet)."""
+    if not path.exists():
+        return {}
+    with gzip.open(path, "rt", encoding="utf-8") as stream:
+        data = json.load(stream)
+    assert data.get("format") == fmt
+    return dict(data["cases"])
+
+
+def write_golden(path: Path, fmt: int, answer: Callable[[GoldenCase], Any]) -> None:
+    """Record ``answer(case)`` for every case: one line per case, gzip without a timestamp (stable bytes)."""
+    lines = [f"{json.dumps(case_id)}: {json.dumps(answer(case), sort_keys=True, separators=(',', ':'))}"
+             for case_id, case in cases_by_id().items()]
+    body = ",\n".join(lines)
+    text = f'{{"format": {fmt}, "cases": {{\n{body}\n}}}}\n'
+    with path.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
+        stream.write(text.encode("utf-8"))

@@ -19,7 +19,6 @@ of passing, so it cannot hide a change.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ from fhir_mappings.extract import extract
 from fhir_mappings.orders import parse_draft_orders
 from fhir_mappings.valuesets import default_index
 
-from .golden_cases import GoldenCase, golden_cases
+from .golden_cases import GoldenCase, cases_by_id, read_golden, write_golden
 
 GOLDEN = Path(__file__).with_name("golden_extract.json.gz")
 REGENERATE = os.environ.get("CALCINOSIS_REGEN_GOLDEN") == "1"
@@ -116,28 +115,17 @@ def outcome_of(case: GoldenCase) -> dict[str, Any]:
     }
 
 
-@functools.cache
 def _cases() -> dict[str, GoldenCase]:
-    return {case.case_id: case for case in golden_cases()}
+    return cases_by_id()
 
 
 @functools.cache
 def _golden() -> dict[str, Any]:
-    if not GOLDEN.exists():
-        return {}
-    with gzip.open(GOLDEN, "rt", encoding="utf-8") as stream:
-        data = json.load(stream)
-    assert data.get("format") == FORMAT
-    return dict(data["cases"])
+    return read_golden(GOLDEN, FORMAT)
 
 
 def _write_golden() -> None:
-    lines = [f"{json.dumps(case_id)}: {json.dumps(outcome_of(case), sort_keys=True, separators=(',', ':'))}"
-             for case_id, case in _cases().items()]
-    body = ",\n".join(lines)
-    text = f'{{"format": {FORMAT}, "cases": {{\n{body}\n}}}}\n'
-    with GOLDEN.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
-        stream.write(text.encode("utf-8"))
+    write_golden(GOLDEN, FORMAT, outcome_of)
 
 
 def test_golden_file_covers_exactly_the_cases() -> None:

@@ -16,7 +16,6 @@ then reviewed (``zdiff`` of the old and new file). The regeneration run skips in
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import os
 from pathlib import Path
@@ -26,7 +25,7 @@ import pytest
 
 from cds_service.engine import EngineOptions, PatientRecord, assess
 
-from .golden_cases import GoldenCase, golden_cases
+from .golden_cases import GoldenCase, cases_by_id, read_golden, write_golden
 
 GOLDEN = Path(__file__).with_name("golden_cards.json.gz")
 REGENERATE = os.environ.get("CALCINOSIS_REGEN_GOLDEN") == "1"
@@ -56,27 +55,17 @@ def cards_of(case: GoldenCase) -> dict[str, Any]:
     return json.loads(json.dumps(out))
 
 
-@functools.cache
 def _cases() -> dict[str, GoldenCase]:
-    return {case.case_id: case for case in golden_cases()}
+    return cases_by_id()
 
 
 @functools.cache
 def _golden() -> dict[str, Any]:
-    if not GOLDEN.exists():
-        return {}
-    with gzip.open(GOLDEN, "rt", encoding="utf-8") as stream:
-        data = json.load(stream)
-    assert data.get("format") == FORMAT
-    return dict(data["cases"])
+    return read_golden(GOLDEN, FORMAT)
 
 
 def _write_golden() -> None:
-    lines = [f"{json.dumps(case_id)}: {json.dumps(cards_of(case), sort_keys=True, separators=(',', ':'))}"
-             for case_id, case in _cases().items()]
-    text = f'{{"format": {FORMAT}, "cases": {{\n' + ",\n".join(lines) + "\n}}\n"
-    with GOLDEN.open("wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
-        stream.write(text.encode("utf-8"))
+    write_golden(GOLDEN, FORMAT, cards_of)
 
 
 def test_golden_cards_cover_exactly_the_cases() -> None:

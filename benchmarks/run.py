@@ -52,6 +52,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks import adversarial  # noqa: E402
 from benchmarks.client_tokens import ClientTokens  # noqa: E402
+from benchmarks.in_process import CpuFigure, cpu_per_call  # noqa: E402
 from cds_service.services import service_definitions  # noqa: E402
 from synth import SynthPatient, generate_patient, transaction_bundles  # noqa: E402
 
@@ -77,6 +78,11 @@ FLOOR = "floor (empty handler)"
 FLOOR_GUNICORN = "floor (empty handler), gunicorn gthread (previous)"
 TYPICAL_GUNICORN = "patient-view typical, audit SQLite, gunicorn gthread (previous)"
 ADVERSARIAL_PAIRING = "adversarial: 500 Ca x 500 P x 2,000 dialysis sessions @2"
+ADVERSARIAL_CONDITIONS = "adversarial: 10,000 Conditions @2"
+ADVERSARIAL_SMALL = "adversarial: small resources up to the size limit @2"
+ADVERSARIAL = (ADVERSARIAL_PAIRING, ADVERSARIAL_CONDITIONS, ADVERSARIAL_SMALL)
+CPU_TYPICAL = "typical (150 obs), audit off"
+CPU_TYPICAL_SQLITE = "typical (150 obs), audit SQLite"
 # Tokens signed per wrk thread and run: enough for this many requests per second (the service's best is far
 # below); running out shows as 401s (replays) in the errors column rather than as a silently wrong number.
 MAX_AUTHENTICATED_RATE = 600
@@ -460,17 +466,20 @@ def fhir_server_share(answered: list[dict[str, Any]]) -> dict[str, float]:
 
 # --- report ---------------------------------------------------------------------------------------------------------
 
-def table(results: list[Result], floor: Result | None) -> str:
-    """The one table: scenario, connections, throughput, p50, p99, ratio to the floor, errors, cards."""
-    header = "| scenario | conns | req/s | p50 ms | p99 ms | vs floor | errors | cards |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+def table(results: list[Result], gunicorn_floor: Result | None, fastest_floor: Result | None) -> str:
+    """The one table: scenario, connections, throughput, p50, p99, ratio to both floors, errors, cards.
+
+    Issue 18 item 5: every row against the gunicorn empty-handler floor (the previous serving model) and against
+    the fastest floor (the empty handler on whichever server answered it fastest in this run).
+    """
+    header = "| scenario | conns | req/s | p50 ms | p99 ms | vs gunicorn floor | vs fastest floor | errors | cards |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         if r.skipped:
-            lines.append(f"| {r.scenario.name} | {r.scenario.connections} | skipped: {r.skipped} | | | | | |")
+            lines.append(f"| {r.scenario.name} | {r.scenario.connections} | skipped: {r.skipped} | | | | | | |")
             continue
-        ratio = f"{r.throughput / floor.throughput:.0%}" if floor and floor.throughput else "-"
-        if floor is r:
-            ratio = "100%"
+        ratios = [f"{r.throughput / floor.throughput:.0%}" if floor and floor.throughput else "-"
+                  for floor in (gunicorn_floor, fastest_floor)]
         cards = "-" if r.cards is None else str(r.cards)
         errors = str(r.errors) if r.status == 200 else f"{r.errors} (HTTP {r.status})"
         rate = f"{r.throughput:,.0f}"
@@ -478,11 +487,11 @@ def table(results: list[Result], floor: Result | None) -> str:
         if len(spread) > 1:  # the median round, then the lowest and highest of all rounds
             rate += f" ({min(spread):,.0f}-{max(spread):,.0f})"
         lines.append(f"| {r.scenario.name} | {r.scenario.connections} | {rate} | {r.p50_ms:.1f} | "
-                     f"{r.p99_ms:.1f} | {ratio} | {errors} | {cards} |")
+                     f"{r.p99_ms:.1f} | {ratios[0]} | {ratios[1]} | {errors} | {cards} |")
     return "\n".join(lines)
 
 
-def targets(by_name: dict[str, Result]) -> list[str]:
+def targets(by_name: dict[str, Result], cpu: list[CpuFigure]) -> list[str]:
     """The issue's targets, each with PASS/MISS and the numbers behind it."""
     out: list[str] = []
 
@@ -490,16 +499,23 @@ def targets(by_name: dict[str, Result]) -> list[str]:
         result = by_name.get(name)
         return result if result is not None and not result.skipped and result.throughput else None
 
-    floor, typical = get(FLOOR), get(TYPICAL_SQLITE)
-    if floor and typical:
-        ratio = typical.throughput / floor.throughput
-        ok = ratio >= 0.40 and typical.p99_ms < 50
-        out.append(f"- {'PASS' if ok else 'MISS'} typical >= 40% of floor and p99 < 50 ms @16: "
-                   f"{ratio:.0%} of floor, p99 {typical.p99_ms:.1f} ms")
+    gunicorn_floor, typical = get(FLOOR_GUNICORN), get(TYPICAL_SQLITE)
+    if gunicorn_floor and typical:
+        ratio = typical.throughput / gunicorn_floor.throughput
+        ok = ratio >= 0.25 and typical.p99_ms < 50
+        out.append(f"- {'PASS' if ok else 'MISS'} typical >= 25% of the gunicorn floor and p99 < 50 ms @16: "
+                   f"{ratio:.0%} of that floor, p99 {typical.p99_ms:.1f} ms")
+        fastest = max((r for r in (get(FLOOR), gunicorn_floor) if r), key=lambda r: r.throughput)
+        out.append(f"- (no target) typical is {typical.throughput / fastest.throughput:.0%} of the fastest floor "
+                   f"({fastest.scenario.name}, {fastest.throughput:,.0f} req/s)")
+    for figure in cpu:
+        if figure.label == CPU_TYPICAL:
+            out.append(f"- {'PASS' if figure.best_ms <= 1.5 else 'MISS'} in-process CPU per typical call "
+                       f"<= 1.5 ms: {figure.best_ms:.2f} ms (median batch {figure.median_ms:.2f} ms)")
     small, typical2, large = (get("patient-view small (20 obs) @2"), get("patient-view typical (150 obs) @2"),
                               get("patient-view large (5,000 obs) @2"))
     if large:
-        out.append(f"- {'PASS' if large.p50_ms < 250 else 'MISS'} large p50 < 250 ms: p50 {large.p50_ms:.1f} ms")
+        out.append(f"- {'PASS' if large.p50_ms < 100 else 'MISS'} large p50 < 100 ms @2: p50 {large.p50_ms:.1f} ms")
     if small and typical2 and large:
         # Service time per request at low concurrency, against the number of observations (20, ~150, 5,000).
         per_obs = (large.p50_ms - small.p50_ms) / (5000 - 20)
@@ -508,10 +524,17 @@ def targets(by_name: dict[str, Result]) -> list[str]:
                    f"20 / 150 / 5,000 obs = {per_obs * 1000:.1f} us per observation above a "
                    f"{small.p50_ms - per_obs * 20:.1f} ms fixed cost (line through small and large predicts "
                    f"{predicted_typical:.1f} ms for typical)")
-    adversarial_pairing = get(ADVERSARIAL_PAIRING)
-    if adversarial_pairing:   # issue 16 item 1: was 19 s of CPU per request with nested scans
-        out.append(f"- {'PASS' if adversarial_pairing.p50_ms < 2000 else 'MISS'} adversarial record (500 Ca x 500 P "
-                   f"x 2,000 sessions) well under 2 s: p50 {adversarial_pairing.p50_ms:.1f} ms")
+    # Issue 16 item 1 named the pairing record "the adversarial record" (was 19 s of CPU); issue 18 sets its
+    # p50 < 250 ms. The other two adversarial rows carry no target of their own and are shown for the record.
+    for name in ADVERSARIAL:
+        adversarial_row = get(name)
+        if adversarial_row is None:
+            continue
+        if name == ADVERSARIAL_PAIRING:
+            out.append(f"- {'PASS' if adversarial_row.p50_ms < 250 else 'MISS'} {name}: p50 < 250 ms: "
+                       f"p50 {adversarial_row.p50_ms:.1f} ms")
+        else:
+            out.append(f"- (no target) {name}: p50 {adversarial_row.p50_ms:.1f} ms")
     remote = get(REMOTE)
     if remote:
         out.append(f"- {'PASS' if remote.p50_ms < 200 else 'MISS'} no-prefetch p50 < 200 ms with 100 ms per FHIR "
@@ -682,9 +705,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if not options.smoke:
             plan += [
-                (Scenario("adversarial: 10,000 Conditions @2", "sqlite", PATIENT_VIEW,
+                (Scenario(ADVERSARIAL_CONDITIONS, "sqlite", PATIENT_VIEW,
                           adversarial.conditions_body(PLACEHOLDER_INSTANCE), 2), sqlite_server),
-                (Scenario("adversarial: small resources up to the size limit @2", "sqlite", PATIENT_VIEW,
+                (Scenario(ADVERSARIAL_SMALL, "sqlite", PATIENT_VIEW,
                           adversarial.small_resources_body(PLACEHOLDER_INSTANCE, MAX_REQUEST_BYTES), 2),
                  sqlite_server),
             ]
@@ -708,7 +731,17 @@ def main(argv: list[str] | None = None) -> int:
         first = [comparison[name] for name in (FLOOR, FLOOR_GUNICORN, TYPICAL_SQLITE)]
         results = first + others + [result for name, result in comparison.items() if result not in first]
 
-    floor = next((r for r in results if r.scenario.target == "floor"), None)
+    # In-process CPU per call (issue 18): after the load runs, with every server idle.
+    cpu: list[CpuFigure] = []
+    if not options.smoke:
+        calls = 50 if options.quick else 200
+        for label, audit in ((CPU_TYPICAL, False), (CPU_TYPICAL_SQLITE, True)):
+            print(f"... in-process CPU: {label}", file=sys.stderr, flush=True)
+            cpu.append(cpu_per_call(label, PATIENT_VIEW, typical_body, audit=audit, calls=calls, rounds=5,
+                                    placeholder=PLACEHOLDER_INSTANCE, max_request_bytes=MAX_REQUEST_BYTES))
+    floors = [r for r in results if r.scenario.target.startswith("floor") and not r.skipped]
+    gunicorn_floor = next((r for r in floors if r.scenario.name == FLOOR_GUNICORN), None)
+    fastest_floor = max(floors, key=lambda r: r.throughput, default=None)
     by_name = {r.scenario.name: r for r in results}
     mode_name = "--smoke" if options.smoke else "--quick" if options.quick else "full"
     command = "python benchmarks/run.py" + ("" if mode_name == "full" else f" {mode_name}")
@@ -722,9 +755,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {machine()}",
         "",
-        table(results, floor),
+        table(results, gunicorn_floor, fastest_floor),
         "",
-        *targets(by_name),
+        *(f"In-process CPU per call, {f.label}: {f.best_ms:.2f} ms (lowest of 5 batches of {f.calls}; median "
+          f"batch {f.median_ms:.2f} ms; benchmarks/in_process.py)" for f in cpu),
+        "",
+        *targets(by_name, cpu),
     ])
     print(report)
     if write_to is not None:

@@ -12,9 +12,13 @@ from collections.abc import Iterable
 # the innermost frame wins, then the next frame outwards is tried. Order matters only where patterns overlap.
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("audit log (write, alert-history read)", ("cds_service/audit/",)),
-    ("JSON parse of the body (orjson)", ("_parse_utf8 (cds_service/http_json.py",)),
+    # issue 18: the typed decode (msgspec, fhir_mappings/wire.py) is the parse of a hook body that fits
+    ("JSON parse of the body (orjson)", ("_parse_utf8 (cds_service/http_json.py",
+                                         "_typed_hook_body (cds_service/http_json.py", "fhir_mappings/wire.py")),
     ("JSON depth check (64 levels)", ("cds_service/json_depth.py",)),
-    ("JSON body read (werkzeug stream)", ("read_json_body (cds_service/http_json.py", "get_data (werkzeug")),
+    ("JSON body read (werkzeug stream)", ("read_json_body (cds_service/http_json.py",
+                                          "read_hook_body (cds_service/http_json.py",
+                                          "_body_bytes (cds_service/http_json.py", "get_data (werkzeug")),
     ("engine: FHIR -> facts (extract)", ("fhir_mappings/extract.py", "fhir_mappings/facts.py",
                                          "fhir_mappings/valuesets.py", "fhir_mappings/units.py",
                                          "fhir_mappings/orders.py", "fhir_mappings/datetimes.py")),

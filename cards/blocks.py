@@ -1,4 +1,4 @@
-"""Turn a finding's structured text (``findings.Phrase`` / ``Bullets``) into the escaped markdown of its card.
+"""Turn a finding's structured text (``findings.Phrase`` / ``Text`` / ``Bullets`` ...) into the markdown of its card.
 
 The rules say *which* reviewed lines a card carries (by phrase key, with their values); the words, the headings and
 the markdown around them live here and in ``templates.toml``. A rule template may list phrase keys under
@@ -7,12 +7,31 @@ the markdown around them live here and in ``templates.toml``. A rule template ma
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from findings import Bullets, Phrase, Text
+from fhir_mappings.labs import KIND_NAME
+from findings import Age, Bullets, LabName, Phrase, Text, Unit
 
+from .ages import age_text
 from .render import bullet_block, phrase, templates, text
+
+# A finding's parts that cards word; rendered first wherever they appear (issue 17 item 1: rules hold no wording).
+STRUCTURED = (Phrase, Text, Age, Unit, LabName, Bullets, tuple)
+
+UCUM_ANNOTATION = re.compile(r"\{[^}]*\}")
+UNIT_WORDS = {"mL/min/{1.73_m2}": "mL/min/1.73 m²"}   # eGFR: UCUM's annotation as clinicians write it
+
+
+def unit_display(unit: str) -> str:
+    """A UCUM unit as a clinician reads it: no ``{...}`` annotations (issue 13 item 3)."""
+    return UNIT_WORDS.get(unit) or UCUM_ANNOTATION.sub("", unit).strip() or unit
+
+
+def lab_name(kind: str) -> str:
+    """The display name of a lab kind (``fhir_mappings/labs.toml``; the kind itself when it has none)."""
+    return KIND_NAME.get(kind, kind)
 
 
 def to_markdown(value: Any, hidden: Collection[str] = ()) -> str:
@@ -26,6 +45,12 @@ def to_markdown(value: Any, hidden: Collection[str] = ()) -> str:
         return phrase(value.key, **_values(value.values, hidden))
     if isinstance(value, Text):
         return "" if value.key in hidden else text(value.key, **_values(value.values, hidden))
+    if isinstance(value, Age):
+        return age_text(value.now, value.when)
+    if isinstance(value, Unit):
+        return unit_display(value.code)
+    if isinstance(value, LabName):
+        return lab_name(value.kind)
     if isinstance(value, Bullets):
         return bullet_block(value.heading, [to_markdown(line, hidden) for line in value.lines])
     if isinstance(value, tuple):
@@ -35,8 +60,7 @@ def to_markdown(value: Any, hidden: Collection[str] = ()) -> str:
 
 def _values(values: Mapping[str, object], hidden: Collection[str]) -> dict[str, object]:
     # A fragment inside a value is rendered first, then filled in (and, in a phrase, escaped) as a value.
-    return {k: to_markdown(v, hidden) if isinstance(v, (Phrase, Text, Bullets, tuple)) else v
-            for k, v in values.items()}
+    return {k: to_markdown(v, hidden) if isinstance(v, STRUCTURED) else v for k, v in values.items()}
 
 
 def hidden_lines(rule_id: str) -> frozenset[str]:

@@ -26,6 +26,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from fhir_mappings.labs import ORDERS
 from findings import SuggestionSpec as SuggestionSpec  # the suggestion a rule asks for (leaf package)
 
 SUMMARY_LIMIT = 140  # CDS Hooks 2.0 Card.summary: "<140 characters"
@@ -80,7 +81,7 @@ class Templates:
 
     meta: dict[str, Any]
     widths: dict[str, int]
-    labs: dict[str, str]
+    labs: dict[str, str]                # LOINC -> display of the labs a card can order (fhir_mappings/labs.toml)
     consults: dict[str, str]
     override_reasons: dict[str, list[dict[str, str]]]  # list name -> Codings (override_reasons.toml)
     suggestions: dict[str, str]
@@ -88,6 +89,7 @@ class Templates:
     rules: dict[str, dict[str, Any]]
     placeholder_text: dict[str, str] = field(default_factory=dict)  # rule page wording of each placeholder
     evidence_names: dict[str, str] = field(default_factory=dict)    # shared-line names of evidence items
+    lab_short: dict[str, str] = field(default_factory=dict)         # LOINC -> name in a label (labs.toml)
 
 
 def parse_override_reasons(text: str) -> dict[str, list[dict[str, str]]]:
@@ -122,10 +124,15 @@ def parse_templates(text: str, override_text: str = "") -> Templates:
     rules = data.get("rules", {})
     if not isinstance(rules, dict):
         raise ValueError("templates: [rules] must be a table")
+    if "labs" in data or "lab_short" in data.get("meta", {}):
+        # Issue 17 item 4: a lab's codes and names have one source; a second table here would drift from it.
+        raise ValueError("templates: lab codes and names live in fhir_mappings/labs.toml, "
+                         "not in [labs] or [meta.lab_short]")
     return Templates(
         meta=dict(data.get("meta", {})),
         widths={k: int(v) for k, v in data.get("widths", {}).items()},
-        labs=dict(data.get("labs", {})),
+        labs={code: order.display for code, order in ORDERS.items()},
+        lab_short={code: order.short for code, order in ORDERS.items()},
         consults=dict(data.get("consults", {})),
         override_reasons=parse_override_reasons(override_text) if override_text else {},
         suggestions=dict(data.get("suggestions", {})),
@@ -455,8 +462,8 @@ def _label(spec: SuggestionSpec) -> str:
     label = tpl.suggestions.get(spec.label, spec.label)
     values = dict(spec.label_values)
     if spec.kind == "labs" and "labs" not in values:
-        # Display names, never a bare LOINC code: the short name, else the [labs] display (issue 13 item 3).
-        values["labs"] = ", ".join(tpl.meta.get("lab_short", {}).get(c) or tpl.labs.get(c, c) for c in spec.labs)
+        # Display names, never a bare LOINC code: the short name, else the LOINC display (issue 13 item 3).
+        values["labs"] = ", ".join(tpl.lab_short.get(c) or tpl.labs.get(c, c) for c in spec.labs)
     if spec.kind == "consult" and "consult" not in values:
         values["consult"] = tpl.consults.get(spec.specialty, spec.specialty)
     return label.format_map(_Missing(values))

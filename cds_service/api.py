@@ -15,7 +15,7 @@ from cds_service.auth import AuthenticationFailed
 from cds_service.errors import ServiceError, operation_outcome
 from cds_service.hook_handler import handle_hook_call, hook_call_record
 from cds_service.hook_models import parse_feedback
-from cds_service.http_json import read_json_body
+from cds_service.http_json import read_hook_body, read_json_body
 from cds_service.metrics import record_auth_rejected
 from cds_service.runtime import get_runtime
 from cds_service.services import ServiceDefinition, find_service, service_definitions
@@ -87,7 +87,7 @@ def call_service(service_id: str) -> tuple[Response, int]:
         raise
     g.service_id = service.id
     try:
-        body = read_json_body(request)
+        body = read_hook_body(request)
     except ServiceError as exc:
         _record_rejected(service.id, service.hook, exc.status, exc.audit_code, received_at)
         raise

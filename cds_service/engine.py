@@ -20,6 +20,7 @@ from cds_service.governance.values import governance_values
 from cds_service.rules import INCOMPLETE, RULES, declared_fields, evaluate, incomplete_finding
 from cds_service.rules.base import ORDER_HOOKS, PATIENT_VIEW, Finding
 from cds_service.rules.states import PatientState, derive_states
+from fhir_mappings import wire
 from fhir_mappings.extract import extract
 from fhir_mappings.facts import DraftOrder, SetAside, Skipped
 from fhir_mappings.orders import parse_draft_orders
@@ -44,10 +45,11 @@ class EngineOptions:
 
 @dataclass(frozen=True)
 class PatientRecord:
-    """Everything known about the patient for one hook call, as raw FHIR R4 JSON."""
+    """Everything known about the patient for one hook call: FHIR R4 as typed Structs (``fhir_mappings.wire``,
+    decoded at the edge) or raw JSON dicts (fetched from a FHIR server, tests)."""
 
-    patient: dict[str, Any] | None
-    resources: Sequence[dict[str, Any]]
+    patient: dict[str, Any] | wire.Patient | None
+    resources: Sequence[Any]
     draft_orders: Sequence[dict[str, Any]] = ()
     selections: Sequence[str] = ()
     # Data that could not be read although the call is answered (failed / partial fetch): §8 C6 card.
@@ -166,9 +168,8 @@ def _patient_id(record: PatientRecord, facts_patient_id: str) -> str:
     if facts_patient_id:
         return facts_patient_id
     for res in record.resources:
-        subject = res.get("subject") if isinstance(res, dict) else None
-        ref = subject.get("reference") if isinstance(subject, dict) else None
-        if isinstance(ref, str) and ref.startswith("Patient/"):
+        ref = wire.subject_reference(res)
+        if ref is not None and ref.startswith("Patient/"):
             return ref.split("/", 1)[1]
     return ""
 
@@ -187,7 +188,7 @@ def assess(record: PatientRecord, hook: str, now: datetime, options: EngineOptio
     try:
         index = default_index()
         resources = _as_list(record.resources)
-        patient = record.patient if isinstance(record.patient, dict) else None
+        patient = record.patient if isinstance(record.patient, dict | wire.Patient) else None
         facts = extract(patient, resources, now, index, include_preliminary=options.include_preliminary)
         skipped.extend(facts.skipped)
         orders: tuple[DraftOrder, ...] = ()

@@ -3,14 +3,16 @@
 An override suppresses a card only while the same evidence drives it: each card records the source resources
 its evidence names (``resource_id``, e.g. ``Observation/123``; a Ca x P pair names both results) with their
 ``meta.versionId`` and ``meta.lastUpdated``. A newer result (another resource id) or a corrected one (another
-version) gives another fingerprint, so the card is shown again at once. Read from the raw FHIR JSON the call
-was answered from; the engine's extraction is untouched.
+version) gives another fingerprint, so the card is shown again at once. Read from the resources the call was
+answered from: the typed Structs of the edge's decode (issue 18) or the JSON of a FHIR server's answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from fhir_mappings import wire
 
 _SEPARATOR = "|"
 
@@ -27,21 +29,22 @@ def evidence_references(evidence: Iterable[Mapping[str, Any]]) -> set[str]:
 
 
 def resource_versions(resources: Iterable[Any], wanted: set[str]) -> dict[str, tuple[str, str]]:
-    """``Type/id`` -> (meta.versionId, meta.lastUpdated) ("" when absent) for the resources in ``wanted``."""
+    """``Type/id`` -> (meta.versionId, meta.lastUpdated) ("" when absent) for the resources in ``wanted``.
+
+    Read from the resources as the call received them: typed Structs carry ``meta`` from the edge's one decode
+    (issue 18), so nothing is parsed again; a JSON dict (FHIR server answer) is read as it is.
+    """
     versions: dict[str, tuple[str, str]] = {}
     if not wanted:
         return versions
     for resource in resources:
-        if not isinstance(resource, dict):
+        if not isinstance(resource, dict | wire.Resource):
             continue
-        reference = f"{resource.get('resourceType')}/{resource.get('id')}"
+        rtype, rid = wire.identity(resource)
+        reference = f"{rtype}/{rid}"
         if reference not in wanted or reference in versions:
             continue
-        meta = resource.get("meta")
-        meta = meta if isinstance(meta, dict) else {}
-        version, updated = meta.get("versionId"), meta.get("lastUpdated")
-        versions[reference] = (version if isinstance(version, str) else "",
-                               updated if isinstance(updated, str) else "")
+        versions[reference] = wire.version_of(resource)
     return versions
 
 

@@ -25,6 +25,7 @@ from cds_service.prefetch import SOURCE_FAILED, SOURCE_PARTIAL, ResolvedData, re
 from cds_service.runtime import Runtime
 from cds_service.services import ServiceDefinition, key_words
 from cds_service.tenant import Tenant
+from fhir_mappings import wire
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _elapsed_ms(started: float | None) -> float | None:
 
 
 def _patient_record(request: HookRequest, data: ResolvedData) -> PatientRecord:
-    patient = next((r for r in data.resources.get("patient", []) if r.get("resourceType") == "Patient"), None)
+    patient = next((r for r in data.resources.get("patient", []) if wire.identity(r)[0] == "Patient"), None)
     resources = [r for key, rs in data.resources.items() if key != "patient" for r in rs]
     draft_orders: list[dict[str, Any]] = []
     if request.draft_orders is not None:

@@ -2,8 +2,9 @@
 
 Validation is strict where the spec says REQUIRED and lenient where real clients differ: unknown fields and
 ``extension`` are accepted and ignored (spec "Extensions"; HAPI once rejected them, hapi-fhir PR #6274), and
-FHIR content inside ``prefetch``/``draftOrders`` stays raw JSON here — it is parsed per resource, tolerantly,
-by ``fhir_mappings`` (the sandbox sends drafts without ``intent`` and Bundles without ``type``).
+FHIR content inside ``prefetch``/``draftOrders`` is not validated here — ``prefetch`` arrives decoded into typed
+Structs when it fits them (``cds_service.http_json.read_hook_body``), else as raw JSON, and ``fhir_mappings``
+reads it per resource, tolerantly (the sandbox sends drafts without ``intent`` and Bundles without ``type``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 from cds_service.errors import InvalidRequest
 from cds_service.url_policy import UnsafeUrl, normalise
+from fhir_mappings import wire
 
 # Hook context requirements (CDS Hooks Library, hookVersion 1.0). userId types per hook.
 _USER_TYPES = {
@@ -48,7 +50,8 @@ class FhirAuthorization:
 
 @dataclass(frozen=True)
 class HookRequest:
-    """A validated hook call. ``prefetch`` values and ``draft_orders`` remain raw FHIR JSON."""
+    """A validated hook call. ``prefetch`` values are typed FHIR (``fhir_mappings.wire``) when the body decoded
+    that way, else raw FHIR JSON, as ``draft_orders`` always is."""
 
     hook: str
     hook_instance: str
@@ -58,7 +61,7 @@ class HookRequest:
     encounter_id: str | None
     fhir_server: str | None
     fhir_authorization: FhirAuthorization | None = field(repr=False)
-    prefetch: dict[str, Any] | None
+    prefetch: dict[str, Any] | None  # values: dict | wire.PrefetchValue | None
     selections: tuple[str, ...] = ()
     draft_orders: dict[str, Any] | None = None
 
@@ -218,7 +221,8 @@ def parse_hook_request(body: Any, expected_hook: str) -> HookRequest:
     if prefetch is not None:
         prefetch = _require_object(prefetch, "prefetch")
         for key, value in prefetch.items():
-            if value is not None and not isinstance(value, dict):
+            # A dict (untyped reading) or a typed FHIR Struct (``read_hook_body`` decoded it; issue 18).
+            if value is not None and not isinstance(value, dict | wire.Resource):
                 raise InvalidRequest(f"prefetch.{key[:64]} must be a FHIR resource, Bundle or null",
                                      expression=[f"prefetch.{key[:64]}"])
     selections: tuple[str, ...] = ()

@@ -31,6 +31,7 @@ from cds_service.hook_models import HookRequest
 from cds_service.metrics import record_fallback_outcome, timed_fallback_fetch
 from cds_service.services import ServiceDefinition, resource_type_of
 from cds_service.url_policy import FhirServerNotAllowed, check_server_allowed
+from fhir_mappings import wire
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,10 @@ _ABSENT: dict[str, Any] = {"resourceType": "_absent"}  # sentinel: key not sent
 class ResolvedData:
     """The FHIR resources gathered for one hook call, and where each prefetch key's data came from."""
 
-    resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    resources: dict[str, list[Any]] = field(default_factory=dict)  # typed Structs or JSON dicts (issue 18)
     sources: dict[str, str] = field(default_factory=dict)
 
-    def all_resources(self) -> list[dict[str, Any]]:
+    def all_resources(self) -> list[Any]:
         """Every resource from every key, in key order."""
         return [resource for key in self.resources for resource in self.resources[key]]
 
@@ -71,17 +72,25 @@ def render_template(template: str, request: HookRequest) -> str | None:
     return build_relative_url(template, lookup)
 
 
-def _is_operation_outcome(value: dict[str, Any]) -> bool:
-    return value.get("resourceType") == "OperationOutcome"
+# A prefetch value is a typed Struct when the body decoded that way (issue 18), else a JSON dict.
+
+def _is_operation_outcome(value: Any) -> bool:
+    return wire.identity(value)[0] == "OperationOutcome"
 
 
-def _flatten(value: dict[str, Any]) -> list[dict[str, Any]]:
-    """A searchset Bundle's resources, or the single resource."""
-    return bundle_resources(value) if value.get("resourceType") == "Bundle" else [value]
+def _flatten(value: Any) -> list[Any]:
+    """A searchset Bundle's resources (OperationOutcome entries are search warnings, not data), or the resource."""
+    if isinstance(value, wire.Bundle):
+        return [entry.resource for entry in value.entry or ()
+                if entry.resource is not None and not isinstance(entry.resource, wire.OperationOutcome)]
+    return bundle_resources(value) if wire.identity(value)[0] == "Bundle" else [value]
 
 
-def _next_link(value: dict[str, Any]) -> str | None:
-    return next_link(value) if value.get("resourceType") == "Bundle" else None
+def _next_link(value: Any) -> str | None:
+    if isinstance(value, wire.Bundle):
+        return next((link.url for link in value.link or () if link.relation == "next" and link.url is not None),
+                    None)
+    return next_link(value) if wire.identity(value)[0] == "Bundle" else None
 
 
 def resolve_prefetch(service: ServiceDefinition, request: HookRequest, settings: Settings,
@@ -93,7 +102,7 @@ def resolve_prefetch(service: ServiceDefinition, request: HookRequest, settings:
     continue_paging: dict[str, str] = {}  # key -> absolute next-page URL of a paged prefetch Bundle
     for spec in service.prefetch:
         if spec.key not in provided:
-            value: dict[str, Any] | None = _ABSENT
+            value: Any = _ABSENT
         else:
             value = provided[spec.key]
         if value is None:
@@ -136,7 +145,7 @@ def _merge_in_key_order(data: ResolvedData, service: ServiceDefinition) -> None:
     """
     shared = _shared_type_keys(service)
     seen: set[tuple[str, str]] = set()
-    ordered: dict[str, list[dict[str, Any]]] = {}
+    ordered: dict[str, list[Any]] = {}
     for spec in service.prefetch:
         if spec.key not in data.resources:
             continue
@@ -144,8 +153,8 @@ def _merge_in_key_order(data: ResolvedData, service: ServiceDefinition) -> None:
         if spec.key in shared:
             kept = []
             for resource in resources:
-                rid, rtype = resource.get("id"), resource.get("resourceType")
-                if isinstance(rid, str) and isinstance(rtype, str):
+                rtype, rid = wire.identity(resource)
+                if rid is not None and rtype is not None:
                     if (rtype, rid) in seen:
                         continue
                     seen.add((rtype, rid))

@@ -1,16 +1,17 @@
-"""Turn raw FHIR JSON (R4, tolerant of DSTU2/sandbox shapes) into ``PatientFacts``.
+"""Turn FHIR resources (R4, tolerant of DSTU2/sandbox shapes) into ``PatientFacts``: one typed path (issue 18).
 
-Eligibility follows clinical-rules.md section 2.1. Parsing is per resource and lenient: a resource
-that is malformed where the rules need it is skipped and recorded as ``{resource_type, id, reason}``;
-nothing here raises. Observations are filtered by code with a dictionary lookup *before* any other
-work, so a 5,000-Observation record costs little; strict fhir.resources validation is deliberately
-not used on this path, because it would reject usable real-world data (sandbox/DSTU2 shapes) and
-is too slow for large records.
+Eligibility follows clinical-rules.md section 2.1. Resources arrive as typed Structs (``fhir_mappings.wire``,
+decoded at the edge) or as JSON dicts, which are converted through the same typed reading first. A resource
+that does not fit the typed shape is read in tolerant mode (the offending values removed, ``wire.read``) by the
+same code below, and is recorded as such (``PatientFacts.tolerant_reads``); where it matters whether a field was
+missing or of the wrong type, the misfits the tolerant reading returns say so. A resource that is malformed
+where the rules need it is skipped and recorded as ``{resource_type, id, reason}``; nothing here raises.
+Observations are filtered by code with a memoised lookup *before* any other work, so a 5,000-Observation
+record costs little; strict fhir.resources validation is deliberately not used on this path, because it would
+reject usable real-world data (sandbox/DSTU2 shapes) and is too slow for large records.
 
-Speed (issue #7, BENCHMARKS.md): the shapes nearly every record uses (one LOINC coding per lab, a float
-valueQuantity, one plain reference range, one repeated dialysis concept) take short fast paths; everything
-else falls back, before any side effect, to the general lenient code, so answers never depend on which path
-ran (tests/engine/test_extract_equivalence.py and test_extract_fast_paths.py hold them to that).
+tests/engine/test_extract_equivalence.py holds the answers to those of the lenient dict reading before issue 18
+on every golden case; test_extract_fast_paths.py holds the typed and the tolerant readings to the same answers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from fhir_mappings import wire
 from fhir_mappings.datetimes import parse_datetime
 from fhir_mappings.facts import (
     ConditionFact,
@@ -37,6 +39,7 @@ from fhir_mappings.facts import (
     new_lab_result,
     new_procedure_fact,
 )
+from fhir_mappings.labs import KIND_ANALYTE, KIND_LABEL  # kind -> units.toml analyte / set-aside name (labs.toml)
 from fhir_mappings.units import canonical_unit, convert, unit_rule
 from fhir_mappings.valuesets import (
     CONDITION_VALUESETS,
@@ -45,27 +48,6 @@ from fhir_mappings.valuesets import (
     PROCEDURE_VALUESETS,
     CodeIndex,
 )
-
-# value set id -> analyte key of units.toml
-KIND_ANALYTE = {
-    "lab-calcium-total": "calcium",
-    "lab-calcium-blood": "calcium",
-    "lab-calcium-ionized": "calcium",
-    "lab-calcium-corrected": "calcium",
-    "lab-phosphate": "phosphate",
-    "lab-albumin": "albumin",
-    "lab-pth": "pth",
-    "lab-vitamin-d-25oh": "vitamin_d_25oh",
-    "lab-vitamin-d-125": "vitamin_d_125",
-    "lab-alp": "alp",
-    "lab-creatinine": "creatinine",
-    "lab-egfr": "egfr",
-    "lab-potassium": "potassium",
-    "lab-urate": "urate",
-    "lab-bmi": "bmi",
-    "lab-bicarbonate": "bicarbonate",
-    "lab-magnesium": "magnesium",  # §8 C17
-}
 
 # §8 C6 plausibility, per value set, in the canonical unit after normalisation: (low, high, as a clinician reads
 # it). Ionized calcium is stored in mg/dL like every calcium (units.toml), so its mmol/L limits are converted here.
@@ -85,15 +67,6 @@ PLAUSIBLE: dict[str, tuple[float, float, str]] = {
 # that sits exactly on it through float rounding (25.0 is kept, 25.1 is not).
 _PLAUSIBLE_SLACK = 1e-9
 
-# Display names of the analytes for set-aside values (card detail, never logs).
-KIND_LABEL = {
-    "lab-calcium-total": "Calcium", "lab-calcium-blood": "Calcium (blood)", "lab-calcium-ionized": "Ionized calcium",
-    "lab-calcium-corrected": "Corrected calcium", "lab-phosphate": "Phosphate", "lab-albumin": "Albumin",
-    "lab-pth": "PTH", "lab-vitamin-d-25oh": "25-OH vitamin D", "lab-vitamin-d-125": "1,25-(OH)2 vitamin D",
-    "lab-alp": "Alkaline phosphatase", "lab-creatinine": "Creatinine", "lab-egfr": "eGFR",
-    "lab-potassium": "Potassium", "lab-urate": "Urate", "lab-bmi": "BMI", "lab-bicarbonate": "Bicarbonate",
-    "lab-magnesium": "Magnesium",
-}
 
 # §8 C6: a result dated more than 24 h after NOW or before 1900 is a data error. The same limits make the date of
 # a Condition, Procedure or medication unusable (undated), which also keeps date arithmetic from overflowing.
@@ -129,7 +102,6 @@ HISTORY_EXCLUDED = frozenset({"entered-in-error", "draft", "not-taken"})
 MEDREQ_STATUSES = frozenset({"active", "on-hold"})
 MEDREQ_INTENTS = frozenset({"order", "original-order", "plan", "instance-order"})
 _COMPARATORS = (">", ">=", "<", "<=")
-_NUMBERS = (float, int)  # exact types: bool, an int subclass, is not a number here (as in _number)
 _UNPARSED = object()
 
 # Section 2.7 CALCIPHYLAXIS_DX: text match on Condition.code.text / coding.display.
@@ -141,37 +113,36 @@ def parse_date(value: object) -> date | None:
     return dt.date() if dt else None
 
 
-def codings_of(concept: object) -> list[tuple[str, str, str]]:
-    """(system, code, display) of a CodeableConcept; tolerant of a bare Coding or a list."""
-    if isinstance(concept, list):
-        return [c for item in concept for c in codings_of(item)]
-    if not isinstance(concept, dict):
+def codings_of(concept: wire.Concept | None) -> list[tuple[str, str, str]]:
+    """(system, code, display) of a concept: its codings, then the fields of a bare Coding sent as the concept.
+
+    A list of concepts is read item by item; a coding without a code is no coding. Two shapes the dict reading
+    before issue 18 also took are no longer read (none is in the golden cases or seen from real clients): a bare
+    Coding whose ``system`` is null or not a string, and a list of concepts nested in another list.
+    """
+    if concept is None:
         return []
-    raw = concept.get("coding")
-    items: list[Any] = raw if isinstance(raw, list) else [raw] if isinstance(raw, dict) else []
-    if "code" in concept and "system" in concept:  # a bare Coding
-        items = [*items, concept]  # a new list: appending to ``raw`` would change the caller's resource
+    if isinstance(concept, list):
+        return [c for item in concept if item is not None for c in codings_of(item)]
     out: list[tuple[str, str, str]] = []
-    for c in items:
-        if isinstance(c, dict) and isinstance(c.get("code"), str):
-            display = c.get("display")
-            system = c.get("system")
-            out.append((
-                system if isinstance(system, str) else "",
-                str(c["code"]),
-                display if isinstance(display, str) else "",
-            ))
+    raw = concept.coding
+    if raw is not None:
+        for c in raw if isinstance(raw, list) else (raw,):
+            if c is not None and c.code is not None:
+                out.append((c.system or "", c.code, c.display or ""))
+    if concept.code is not None and concept.system is not None:  # a bare Coding sent as the concept
+        out.append((concept.system, concept.code, concept.display or ""))
     return out
 
 
-def concept_text(concept: object, codings: list[tuple[str, str, str]] | None = None) -> str:
-    """Human text of a CodeableConcept: ``text``, else the first coding display.
+def concept_text(concept: wire.Concept | None, codings: list[tuple[str, str, str]] | None = None) -> str:
+    """Human text of a concept: ``text``, else the first coding display.
 
     ``codings`` is ``codings_of(concept)`` when the caller has it already (saves walking the codings again).
     """
-    if isinstance(concept, dict):
-        text = concept.get("text")
-        if isinstance(text, str) and text.strip():
+    if type(concept) is wire.CodeableConcept:
+        text = concept.text
+        if text is not None and text.strip():
             return text.strip()
     for _s, _c, display in codings if codings is not None else codings_of(concept):
         if display:
@@ -179,32 +150,34 @@ def concept_text(concept: object, codings: list[tuple[str, str, str]] | None = N
     return ""
 
 
-def _status_code(value: object) -> str:
+def _status_code(value: wire.Status | None) -> str:
     """A status given as a string (DSTU2) or CodeableConcept (R4) -> lower-case code ('' if none)."""
-    if isinstance(value, str):
+    if value is None:
+        return ""
+    if type(value) is str:
         return value.strip().lower()
-    if type(value) is dict:  # R4: the first coding is the one codings_of would give first
-        coding = value.get("coding")
-        if type(coding) is list and coding:
-            first = coding[0]
-            if type(first) is dict:
-                code = first.get("code")
-                if type(code) is str:
-                    return code.strip().lower()
-    for _s, code, _d in codings_of(value):
+    for _s, code, _d in codings_of(value):  # type: ignore[arg-type]
         return code.strip().lower()
     return ""
 
 
-def _rid(resource: Mapping[str, Any]) -> str:
-    rid = resource.get("id")
-    return rid if isinstance(rid, str) else ""
+def _rid(resource: wire.Resource) -> str:
+    rid = resource.id
+    return rid if rid is not None else ""
 
 
-def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+def _overflow(misfits: wire.Misfits, path: str) -> None:
+    """Raise as float() did before issue 18 when the number at ``path`` was too large for a float (10**400):
+    the resource is then skipped as "malformed OverflowError", the reason the audit trail has always shown."""
+    if misfits.get(path) == wire.OUT_OF_RANGE:
+        raise OverflowError(f"number too large for a float at {path}")
+
+
+def _unhashable(misfits: wire.Misfits, path: str) -> None:
+    """Raise as a set lookup did before issue 18 when a status or intent was an object or array: the resource
+    is skipped as "malformed TypeError" (the audit reason kept word for word, golden files)."""
+    if misfits.get(path) in ("object", "array"):
+        raise TypeError(f"unhashable value at {path}")
 
 
 def _number_text(value: float) -> str:
@@ -212,9 +185,9 @@ def _number_text(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
-def _interpretation(value: object) -> str:
+def _interpretation(value: list[wire.CodeableConcept | None] | wire.CodeableConcept | None) -> str:
     """The first code of ``Observation.interpretation`` (R4: a list of CodeableConcepts; DSTU2: one), or ""."""
-    first = value[0] if isinstance(value, list) and value else value
+    first = (value[0] if value else None) if type(value) is list else value
     for _s, code, _d in codings_of(first):
         return code.strip()
     return ""
@@ -268,7 +241,8 @@ class _Extractor:
         self.procedures: list[ProcedureFact] = []
         self.medications: list[MedicationFact] = []
         self.report_members: dict[str, set[str]] = {}
-        self.medication_resources: dict[str, Mapping[str, Any]] = {}
+        self.medication_resources: dict[str, wire.Medication] = {}
+        self.tolerant: list[str] = []  # Type/id of the resources read in tolerant mode (issue 18)
         # Per-record memos (issue #7): a panel's results share one timestamp (150 labs of the typical record carry
         # 28 distinct ones) and 100 dialysis sessions one code. Per call, not per process, so nothing one patient
         # sent is kept, and the memo is bounded by the record itself.
@@ -279,9 +253,8 @@ class _Extractor:
         self._condition_text_sets = [vs_id for vs_id in index.text_patterns if vs_id in _COND_SET]
         self._procedure_text_sets = [vs_id for vs_id in index.text_patterns if vs_id in _PROC_SET]
 
-    def skip(self, resource: Mapping[str, Any], reason: str) -> None:
-        rtype = resource.get("resourceType")
-        self.skipped.append(Skipped(rtype if isinstance(rtype, str) else "unknown", _rid(resource), reason))
+    def skip(self, resource: wire.Resource, reason: str) -> None:
+        self.skipped.append(Skipped(wire.resource_type(resource), _rid(resource), reason))
 
     def usable(self, when: datetime | None) -> datetime | None:
         """``when`` if it lies between 1900 and NOW + 24 h, else None: an unusable date is no date (§8 C6)."""
@@ -318,7 +291,7 @@ class _Extractor:
         return None
 
     def set_aside_result(
-        self, obs: Mapping[str, Any], kinds: tuple[str, ...], value: float, comparator: str, unit: str,
+        self, obs: wire.Observation, kinds: tuple[str, ...], value: float, comparator: str, unit: str,
         when: datetime, problem: tuple[str, str],
     ) -> None:
         """Record a result that is never used: a SetAside for the card and a value-free Skipped for the audit."""
@@ -327,189 +300,100 @@ class _Extractor:
                                        when, problem[0]))
         self.skip(obs, problem[1])
 
-    def time(self, value: object) -> datetime | None:
-        """``parse_datetime``, memoised per record for strings."""
-        if type(value) is str:
-            parsed = self._times.get(value, _UNPARSED)  # not try/except: a miss raises nothing
-            if parsed is _UNPARSED:
-                parsed = self._times[value] = parse_datetime(value)
-            return parsed  # type: ignore[return-value]
-        return parse_datetime(value)  # None for a non-string
+    def time(self, value: str | None) -> datetime | None:
+        """``parse_datetime``, memoised per record."""
+        if value is None:
+            return None
+        parsed = self._times.get(value, _UNPARSED)  # not try/except: a miss raises nothing
+        if parsed is _UNPARSED:
+            parsed = self._times[value] = parse_datetime(value)
+        return parsed  # type: ignore[return-value]
 
-    def period_time(self, period: object) -> datetime | None:
+    def period_time(self, period: wire.Period | None) -> datetime | None:
         """A Period's time: its end, else its start (through the memo)."""
-        if isinstance(period, dict):
-            return self.time(period.get("end")) or self.time(period.get("start"))
+        if period is not None:
+            return self.time(period.end) or self.time(period.start)
         return None
 
     # -- Observations ---------------------------------------------------------------------------------
-    def observation(self, obs: Mapping[str, Any]) -> None:
-        # Fast path (issue #7): nearly every lab codes itself with exactly one Coding of string system and code.
-        # That shape is classified with one memoised lookup; every other shape (several codings, a bare Coding,
-        # wrong types) goes through the general walk below. Both give the same (code, kinds).
-        concept = obs.get("code")
-        if type(concept) is dict and ("code" not in concept or "system" not in concept):
-            coding = concept.get("coding")
-            if type(coding) is list and len(coding) == 1:
-                first = coding[0]
-                if type(first) is dict:
-                    system = first.get("system")
-                    code = first.get("code")
-                    if type(system) is str and type(code) is str:
-                        kinds = self._lab_kinds.get((system, code))
-                        if kinds is None:
-                            kinds = self._lab_kinds[system, code] = self.index.members_within(system, code, _LAB_SET)
-                        if kinds:
-                            self._lab(obs, code, kinds)
-                        return  # not an analyte any rule uses: ignored cheaply
-        self._observation_codes(obs, concept)
+    def observation(self, obs: wire.Observation, misfits: wire.Misfits) -> None:
+        """Classify by code (every coding, the kinds' union, the first classifying code), then read the lab.
 
-    def _observation_codes(self, obs: Mapping[str, Any], concept: object) -> None:
-        """The general classification: every coding, the kinds' union, the first classifying code."""
-        kinds: set[str] = set()
+        A code is looked up once per record (issue #7: 150 labs share a handful of codes); an Observation of no
+        kind any rule uses costs only that lookup.
+        """
+        kinds: tuple[str, ...] = ()
         code = ""
-        for system, c, _d in codings_of(concept):
-            found = self.index.members(system, c) & _LAB_SET
-            if found and not kinds:
-                code = c
-            kinds |= found
-        if not kinds:
-            return  # not an analyte any rule uses: ignore cheaply
-        self._lab(obs, code, tuple(sorted(kinds)))
+        for system, c, _d in codings_of(obs.code):
+            found = self._lab_kinds.get((system, c))
+            if found is None:
+                found = self._lab_kinds[system, c] = self.index.members_within(system, c, _LAB_SET)
+            if found:
+                if not kinds:
+                    kinds, code = found, c
+                elif found != kinds:
+                    kinds = tuple(sorted({*kinds, *found}))
+        if kinds:
+            self._lab(obs, misfits, code, kinds)
 
-    def _lab(self, obs: Mapping[str, Any], code: str, kinds: tuple[str, ...]) -> None:
+    def _lab(self, obs: wire.Observation, misfits: wire.Misfits, code: str, kinds: tuple[str, ...]) -> None:
         """An Observation of the lab value sets ``kinds`` (sorted): eligibility, value, time, unit, range.
 
-        Fast path (issue #7): the shape nearly every lab has (string status and id, a valueQuantity object with a
-        numeric value and string code and unit, no comparator or dataAbsentReason, an effectiveDateTime that
-        parses, an accepted unit, at most one plain reference range in the same unit) is read with plain
-        subscripts, ~2x cheaper than ``dict.get``. Anything else, including every case that is skipped or
-        excluded for a reason other than status, goes to ``_lab_lenient`` before any side effect, so the
-        answer is the lenient one.
+        Malformed fields the rules need are skipped and recorded (section 2.1); ``misfits`` (tolerant mode,
+        ``fhir_mappings.wire``) tells a wrong-typed field from a missing one.
         """
-        try:
-            status = obs["status"]
-            quantity = obs["valueQuantity"]
-            raw = quantity["value"]
-            unit_code = quantity["code"]
-            unit_text = quantity["unit"]
-            effective = obs["effectiveDateTime"]
-            rid = obs["id"]
-        except (KeyError, TypeError):  # a field is missing, or valueQuantity is not an object
-            self._lab_lenient(obs, code, kinds)
-            return
-        if (type(quantity) is not dict or type(raw) not in _NUMBERS or type(unit_code) is not str
-                or type(unit_text) is not str or type(rid) is not str
-                or "dataAbsentReason" in obs or "comparator" in quantity):
-            self._lab_lenient(obs, code, kinds)
-            return
-        if type(status) is not str or status not in self.statuses:
-            return  # as the lenient path: status is its first check
-        value = float(raw)  # an int too large for a float raises here, as in the lenient path: "malformed ..."
-        when = self.time(effective)
-        analyte = KIND_ANALYTE[kinds[0]]
-        rule = unit_rule(analyte, unit_code, unit_text)
-        if when is None or rule is None:
-            self._lab_lenient(obs, code, kinds)
-            return
-        multiply, divide = rule.multiply, rule.divide
-        normalized = value * multiply / divide  # = UnitRule.apply: same operations, same order
-        limits = self._plausible.get(kinds) or self.plausible_limits(kinds)
-        if (not (limits[0] <= normalized <= limits[1] and EARLIEST_DATE <= when <= self.latest)
-                or not math.isfinite(normalized)):
-            self._lab_lenient(obs, code, kinds)  # §8 C6: set aside there, with its reason
-            return
-        low = high = None
-        banded = False
-        ranges = obs.get("referenceRange")
-        if ranges is not None:
-            same_unit = False
-            if type(ranges) is list and len(ranges) == 1:
-                only = ranges[0]
-                if type(only) is dict and "age" not in only and "appliesTo" not in only:
-                    # The single plain range _reference_range would choose; both bounds in the result's own unit
-                    # spelling convert by the result's rule (unit_rule would return that same rule).
-                    try:
-                        low_q = only["low"]
-                        high_q = only["high"]
-                        low_v = low_q["value"]
-                        high_v = high_q["value"]
-                        same_unit = (type(low_q) is dict and type(high_q) is dict and type(low_v) in _NUMBERS
-                                     and type(high_v) in _NUMBERS and low_q["code"] == unit_code
-                                     and low_q["unit"] == unit_text and high_q["code"] == unit_code
-                                     and high_q["unit"] == unit_text)
-                    except (KeyError, TypeError):
-                        pass
-            if same_unit:  # float() as _number does (an int bound too large for a float raises the same way)
-                low = float(low_v) * multiply / divide
-                high = float(high_v) * multiply / divide
-                if not math.isfinite(low):  # as _range_bound: an overflowing bound is no bound
-                    low = None
-                if not math.isfinite(high):
-                    high = None
-            else:
-                low, high, banded = self._reference_range(ranges, analyte, unit_code, unit_text)
-        specimen = obs.get("specimen")
-        spec_ref = specimen.get("reference") if type(specimen) is dict else None
-        if type(spec_ref) is not str:
-            spec_ref = ""
-        interpretation = obs.get("interpretation")
-        self._add_labs(kinds, analyte, value=value, normalized=normalized,
-                       original_unit=unit_code or unit_text, when=when, rid=rid, code=code, comparator="",
-                       uncertain=False, specimen=spec_ref, low=low, high=high, status=status, banded=banded,
-                       interpretation="" if interpretation is None else _interpretation(interpretation))
-
-    def _lab_lenient(self, obs: Mapping[str, Any], code: str, kinds: tuple[str, ...]) -> None:
-        """``_lab`` for any shape: every field checked, malformed ones skipped and recorded (section 2.1)."""
-        status = obs.get("status")
-        if not isinstance(status, str) or status not in self.statuses:
+        status = obs.status
+        if status is None or status not in self.statuses:
             return  # ineligible status (entered-in-error, preliminary by default, ...): excluded
-        if obs.get("dataAbsentReason") is not None:
+        if obs.dataAbsentReason is not None:
             return
-        quantity = obs.get("valueQuantity")
+        quantity = obs.valueQuantity
         if quantity is None:
+            if misfits and "$.valueQuantity" in misfits:
+                self.skip(obs, "valueQuantity is not an object")
             return  # no numeric value (valueString etc.): not usable, excluded (section 2.1)
-        if not isinstance(quantity, dict):
-            self.skip(obs, "valueQuantity is not an object")
-            return
-        value = _number(quantity.get("value"))
+        value = quantity.value
         if value is None:
+            if misfits:
+                _overflow(misfits, "$.valueQuantity.value")
             self.skip(obs, "valueQuantity.value is not a number")
             return
         when = (
-            self.time(obs.get("effectiveDateTime"))
-            or self.period_time(obs.get("effectivePeriod"))
-            or self.time(obs.get("effectiveInstant"))
+            self.time(obs.effectiveDateTime)
+            or self.period_time(obs.effectivePeriod)
+            or self.time(obs.effectiveInstant)
         )
         uncertain = False
         if when is None:
-            when = self.time(obs.get("issued"))
+            when = self.time(obs.issued)
             uncertain = True
         if when is None:
             self.skip(obs, "no usable effective time")
             return
         analyte = KIND_ANALYTE[kinds[0]]
-        unit_code = quantity.get("code") if isinstance(quantity.get("code"), str) else None
-        unit_text = quantity.get("unit") if isinstance(quantity.get("unit"), str) else None
+        unit_code = quantity.code
+        unit_text = quantity.unit
         rule = unit_rule(analyte, unit_code, unit_text)
         if rule is None:
             self.skip(obs, f"unit {unit_code or unit_text or '(none)'!r} not accepted for {analyte}")
             return
-        comparator = quantity.get("comparator") if quantity.get("comparator") in _COMPARATORS else ""
+        comparator = quantity.comparator if quantity.comparator in _COMPARATORS else ""
         normalized = rule.apply(value)
         original_unit = unit_code or unit_text or ""
         problem = self.result_problem(kinds, normalized, when)
         if problem is not None:  # §8 C6: a data error is named, never used
             self.set_aside_result(obs, kinds, value, str(comparator), original_unit, when, problem)
             return
-        low, high, banded = self._reference_range(obs.get("referenceRange"), analyte, unit_code, unit_text)
-        specimen = obs.get("specimen")
-        spec_ref = specimen.get("reference") if isinstance(specimen, dict) else None
+        low, high, banded = self._reference_range(obs.referenceRange, analyte, unit_code, unit_text, misfits)
+        specimen = obs.specimen
+        spec_ref = specimen.reference if specimen is not None else None
+        interpretation = obs.interpretation
         self._add_labs(kinds, analyte, value=value, normalized=normalized,
                        original_unit=original_unit, when=when, rid=_rid(obs), code=code,
                        comparator=str(comparator), uncertain=uncertain,
-                       specimen=spec_ref if isinstance(spec_ref, str) else "", low=low, high=high, status=status,
-                       banded=banded, interpretation=_interpretation(obs.get("interpretation")))
+                       specimen=spec_ref if spec_ref is not None else "", low=low, high=high, status=status,
+                       banded=banded,
+                       interpretation="" if interpretation is None else _interpretation(interpretation))
 
     def _add_labs(
         self, kinds: tuple[str, ...], analyte: str, *, value: float, normalized: float, original_unit: str,
@@ -525,49 +409,55 @@ class _Extractor:
             ))
 
     def _reference_range(
-        self, ranges: object, analyte: str, unit_code: str | None, unit_text: str | None
+        self, ranges: list[wire.ReferenceRange | None] | None, analyte: str, unit_code: str | None,
+        unit_text: str | None, misfits: wire.Misfits,
     ) -> tuple[float | None, float | None, bool]:
         """(low, high, age-banded) of the range to use: the first whose ``age`` band covers the patient, else the
         first plain one (no usable age band, no ``appliesTo``). A band that does not cover the patient, or that
         cannot be judged (unknown age or unit), is never used (§8 C11)."""
-        if not isinstance(ranges, list):
+        if not ranges:
             return None, None, False
-        chosen: Mapping[str, Any] | None = None
+        chosen: wire.ReferenceRange | None = None
+        chosen_at = 0
         banded = False
-        for rng in ranges:
-            if not isinstance(rng, dict):
+        for at, rng in enumerate(ranges):
+            if rng is None:
                 continue
-            covers = self._age_band_covers(rng.get("age"))
+            covers = self._age_band_covers(rng.age, misfits, at)
             if covers is True:
-                chosen, banded = rng, True
+                chosen, chosen_at, banded = rng, at, True
                 break
-            if covers is None and chosen is None and not rng.get("appliesTo"):
-                chosen = rng
+            if covers is None and chosen is None and not rng.appliesTo:
+                chosen, chosen_at = rng, at
         if chosen is None:
             return None, None, False
+        if misfits:  # a bound too large for a float: malformed, as before issue 18
+            _overflow(misfits, f"$.referenceRange[{chosen_at}].low.value")
+            _overflow(misfits, f"$.referenceRange[{chosen_at}].high.value")
         return (
-            self._range_bound(chosen.get("low"), analyte, unit_code, unit_text),
-            self._range_bound(chosen.get("high"), analyte, unit_code, unit_text),
+            self._range_bound(chosen.low, analyte, unit_code, unit_text),
+            self._range_bound(chosen.high, analyte, unit_code, unit_text),
             banded,
         )
 
-    def _age_band_covers(self, band: object) -> bool | None:
+    def _age_band_covers(self, band: wire.Range | None, misfits: wire.Misfits, at: int) -> bool | None:
         """None: no age band (no numeric bound); True/False: whether the band covers the patient's age.
 
         Bounds are Quantities in ``a``/``mo``/``wk``/``d`` (no unit: years, as labs commonly send); the high bound
         is inclusive in completed units (0–17 a covers 17 years 11 months). Unknown age or unit: False (§8 C11).
         """
-        if not isinstance(band, dict):
+        if band is None:
             return None
         bounds: list[tuple[float, str | None]] = []
-        for key in ("low", "high"):
-            q = band.get(key)
-            value = _number(q.get("value")) if isinstance(q, dict) else None
+        for key, q in (("low", band.low), ("high", band.high)):
+            value = q.value if q is not None else None
             if value is None or not math.isfinite(value):
+                if misfits:
+                    _overflow(misfits, f"$.referenceRange[{at}].age.{key}.value")
                 bounds.append((math.nan, None))
                 continue
-            unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")  # type: ignore[union-attr]
-            bounds.append((value, _AGE_UNITS.get(unit.strip().lower()) if isinstance(unit, str) and unit.strip()
+            unit = q.code if q.code is not None else q.unit  # type: ignore[union-attr]
+            bounds.append((value, _AGE_UNITS.get(unit.strip().lower()) if unit is not None and unit.strip()
                            else "years"))
         if all(math.isnan(v) for v, _u in bounds):
             return None
@@ -582,26 +472,24 @@ class _Extractor:
         return True
 
     @staticmethod
-    def _range_bound(q: object, analyte: str, unit_code: str | None, unit_text: str | None) -> float | None:
-        if not isinstance(q, dict):
+    def _range_bound(
+        q: wire.Quantity | None, analyte: str, unit_code: str | None, unit_text: str | None
+    ) -> float | None:
+        if q is None or q.value is None:
             return None
-        value = _number(q.get("value"))
-        if value is None:
-            return None
-        code = q.get("code") if isinstance(q.get("code"), str) else None
-        text = q.get("unit") if isinstance(q.get("unit"), str) else None
+        code, text = q.code, q.unit
         if code is None and text is None:  # a bare range is in the result's own unit
             code, text = unit_code, unit_text
         rule = unit_rule(analyte, code, text)
         if rule is None:
             return None
-        bound = rule.apply(value)
+        bound = rule.apply(q.value)
         return bound if math.isfinite(bound) else None  # an overflowing bound is no bound
 
     # -- Conditions ---------------------------------------------------------------------------------------
-    def condition(self, cond: Mapping[str, Any]) -> None:
-        concept = cond.get("code")
-        if concept is not None and not isinstance(concept, dict):
+    def condition(self, cond: wire.Condition, misfits: wire.Misfits) -> None:
+        concept = cond.code
+        if concept is None and misfits and "$.code" in misfits:
             self.skip(cond, "code is not a CodeableConcept")
             return
         codings = codings_of(concept)
@@ -615,10 +503,10 @@ class _Extractor:
                 groups.add(vs_id)
         if not groups:
             return
-        verification = _status_code(cond.get("verificationStatus"))
+        verification = _status_code(cond.verificationStatus)
         if verification in VERIFICATION_EXCLUDED:
             return
-        clinical = _status_code(cond.get("clinicalStatus"))
+        clinical = _status_code(cond.clinicalStatus)
         if clinical in CONDITION_INACTIVE or (clinical and clinical not in CONDITION_ACTIVE):
             return
         if self._abated(cond):
@@ -626,8 +514,8 @@ class _Extractor:
         established = bool(clinical) and verification not in VERIFICATION_POSSIBLE
         # §8.0: the date is onset[x] when it is a dateTime, else recordedDate (DSTU2: dateRecorded); anything else,
         # or a date outside 1900 .. NOW + 24 h, is undated.
-        onset = self.usable(self.time(cond.get("onsetDateTime")))
-        recorded = self.usable(self.time(cond.get("recordedDate")) or self.time(cond.get("dateRecorded")))
+        onset = self.usable(self.time(cond.onsetDateTime))
+        recorded = self.usable(self.time(cond.recordedDate) or self.time(cond.dateRecorded))
         first = codings[0] if codings else ("", "", "")
         fact = new_condition_fact(
             frozenset(groups), first[1], first[0], display or first[2] or self.index.display_of(codings),
@@ -635,20 +523,21 @@ class _Extractor:
         )
         (self.conditions if established else self.possible).append(fact)
 
-    def _abated(self, cond: Mapping[str, Any]) -> bool:
-        if cond.get("abatementBoolean") is True:
+    def _abated(self, cond: wire.Condition) -> bool:
+        if cond.abatementBoolean is True:
             return True
-        when = self.time(cond.get("abatementDateTime")) or self.period_time(cond.get("abatementPeriod"))
+        when = self.time(cond.abatementDateTime) or self.period_time(cond.abatementPeriod)
         if when is not None:
             return when <= self.now
-        return any(cond.get(k) is not None for k in ("abatementString", "abatementAge", "abatementRange"))
+        return (cond.abatementString is not None or cond.abatementAge is not None
+                or cond.abatementRange is not None)
 
     # -- Procedures ---------------------------------------------------------------------------------------
-    def procedure(self, proc: Mapping[str, Any]) -> None:
-        concept = proc.get("code")
+    def procedure(self, proc: wire.Procedure, misfits: wire.Misfits) -> None:
+        concept = proc.code
         # What a concept means (value sets, first code, display) depends on its content only. A record repeats
         # one dialysis concept for every session, so the previous answer is reused while the concept is equal
-        # (a C-level comparison); any other concept takes the general walk (issue #7).
+        # (a C-level comparison of the Structs); any other concept takes the general walk (issue #7).
         if concept == self._last_procedure_concept:
             groups, first_code, display = self._last_procedure_answer
         else:
@@ -657,25 +546,26 @@ class _Extractor:
             self._last_procedure_answer = (groups, first_code, display)
         if not groups:
             return
-        status = proc.get("status")
+        status = proc.status
         if status not in PROCEDURE_STATUSES:
+            if status is None and misfits:
+                _unhashable(misfits, "$.status")
             return
         # §8.0 procedure dates: start = performedDateTime, else performedPeriod.start; end = performedPeriod.end,
         # else start + 4 h (D); time = end. Session times differ, so they are parsed directly rather than through
         # the per-record memo. A date outside 1900 .. NOW + 24 h is unusable (undated), never fatal.
         latest = self.latest
-        performed = proc.get("performedDateTime")
-        start = parse_datetime(performed)
+        start = parse_datetime(proc.performedDateTime)
         if start is not None and not EARLIEST_DATE <= start <= latest:
             start = None
         end = None
-        period = proc.get("performedPeriod")
-        if type(period) is dict:
+        period = proc.performedPeriod
+        if period is not None:
             if start is None:
-                start = parse_datetime(period.get("start"))
+                start = parse_datetime(period.start)
                 if start is not None and not EARLIEST_DATE <= start <= latest:
                     start = None
-            end = parse_datetime(period.get("end"))
+            end = parse_datetime(period.end)
             if end is not None and not EARLIEST_DATE <= end <= latest:
                 end = None
         if end is None and start is not None:
@@ -683,7 +573,7 @@ class _Extractor:
         self.procedures.append(new_procedure_fact(
             groups, first_code, display, end, _rid(proc), start, end, status))
 
-    def procedure_concept(self, concept: object) -> tuple[frozenset[str], str, str]:
+    def procedure_concept(self, concept: wire.Concept | None) -> tuple[frozenset[str], str, str]:
         """(procedure value sets, first code, display) of a Procedure/ServiceRequest code: by code, else by the
         value set's text pattern (proc-parathyroidectomy has no verified SNOMED code, §8 C2)."""
         codings = codings_of(concept)
@@ -697,20 +587,21 @@ class _Extractor:
         return frozenset(groups), first_code, display or self.index.display_of(codings)
 
     # -- ServiceRequests ------------------------------------------------------------------------------------
-    def service_request(self, req: Mapping[str, Any]) -> None:
+    def service_request(self, req: wire.ServiceRequest, misfits: wire.Misfits) -> None:
         """An active / on-hold / draft ServiceRequest for a procedure of the value sets (§8.0 C2/C7: CRRT)."""
-        status = req.get("status")
+        status = req.status
         if status not in SERVICE_REQUEST_STATUSES:
+            if status is None and misfits:
+                _unhashable(misfits, "$.status")
             return
-        groups, first_code, display = self.procedure_concept(req.get("code"))
+        groups, first_code, display = self.procedure_concept(req.code)
         if groups:
-            self.service_requests.append(ServiceRequestFact(groups, first_code, display, str(status), _rid(req)))
+            self.service_requests.append(ServiceRequestFact(groups, first_code, display, status, _rid(req)))
 
     # -- Medications ----------------------------------------------------------------------------------------
-    def medication(self, med: Mapping[str, Any]) -> None:
-        rtype = str(med.get("resourceType"))
-        raw_status = med.get("status")
-        status = raw_status if isinstance(raw_status, str) else ""
+    def medication(self, med: wire.MedicationUse, misfits: wire.Misfits) -> None:
+        rtype = wire.resource_type(med)
+        status = med.status if med.status is not None else ""
         if status in HISTORY_EXCLUDED:
             return
         classes, name = classify_medication(med, self.index, self.medication_resources)
@@ -719,15 +610,21 @@ class _Extractor:
         if rtype == "MedicationStatement":
             # §8.0 C16: effective[x], else dateAsserted. A period is dated by its end (else its start): "warfarin
             # within 90 days" asks when it was last taken, and a course that ended 80 days ago is within 90.
-            when = (self.time(med.get("effectiveDateTime"))
-                    or self.period_time(med.get("effectivePeriod"))
-                    or self.time(med.get("dateAsserted")))
+            when = (self.time(med.effectiveDateTime)
+                    or self.period_time(med.effectivePeriod)
+                    or self.time(med.dateAsserted))
             active = status == "active"
         else:
-            when = self.time(med.get("authoredOn")) or self.time(med.get("dateWritten"))  # R4 / DSTU2
-            intent = med.get("intent")
-            # DSTU2 MedicationOrder has no intent; an R4 request must be an order or plan.
-            active = status in MEDREQ_STATUSES and (intent is None or intent in MEDREQ_INTENTS)
+            when = self.time(med.authoredOn) or self.time(med.dateWritten)  # R4 / DSTU2
+            intent = med.intent
+            # DSTU2 MedicationOrder has no intent; an R4 request must be an order or plan. An intent of the
+            # wrong type is an intent, and not one of these.
+            active = status in MEDREQ_STATUSES
+            if active and intent is None and misfits and "$.intent" in misfits:
+                _unhashable(misfits, "$.intent")
+                active = False
+            elif active:
+                active = intent is None or intent in MEDREQ_INTENTS
         fact = MedicationFact(frozenset(classes), name, rtype, _rid(med), status, self.usable(when))
         self.medication_history.append(fact)  # any status but entered-in-error / draft / not-taken (§8.0 C16)
         if active:
@@ -735,35 +632,35 @@ class _Extractor:
 
 
 def medication_concepts(
-    med: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]]
-) -> list[object]:
-    """The CodeableConcepts naming the drug: medicationCodeableConcept, or the referenced Medication's
-    code and ingredients (contained ``#id`` or a Medication resource in the record)."""
-    concepts: list[object] = []
-    if isinstance(med.get("medicationCodeableConcept"), dict):
-        concepts.append(med["medicationCodeableConcept"])
-    ref = med.get("medicationReference")
-    target: Mapping[str, Any] | None = None
-    if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-        reference = ref["reference"]
+    med: wire.MedicationUse, medications: Mapping[str, wire.Medication]
+) -> list[wire.Concept | None]:
+    """The concepts naming the drug: medicationCodeableConcept, or the referenced Medication's code and
+    ingredients (contained ``#id`` or a Medication resource in the record)."""
+    concepts: list[wire.Concept | None] = []
+    if med.medicationCodeableConcept is not None:
+        concepts.append(med.medicationCodeableConcept)
+    ref = med.medicationReference
+    target: wire.MedicationBody | wire.Medication | None = None
+    if ref is not None and ref.reference is not None:
+        reference = ref.reference
         if reference.startswith("#"):
-            for contained in med.get("contained") or []:
-                if isinstance(contained, dict) and contained.get("id") == reference[1:]:
+            for contained in med.contained or ():
+                if contained is not None and contained.id == reference[1:]:
                     target = contained
         else:
             target = medications.get(reference.split("/")[-1])
-        if isinstance(ref.get("display"), str):
-            concepts.append({"text": ref["display"]})
-    if isinstance(target, dict):
-        concepts.append(target.get("code"))
-        for ingredient in target.get("ingredient") or []:
-            if isinstance(ingredient, dict):
-                concepts.append(ingredient.get("itemCodeableConcept"))
+        if ref.display is not None:
+            concepts.append(wire.CodeableConcept(text=ref.display))
+    if target is not None:
+        concepts.append(target.code)
+        for ingredient in target.ingredient or ():
+            if ingredient is not None:
+                concepts.append(ingredient.itemCodeableConcept)
     return concepts
 
 
 def classify_medication(
-    med: Mapping[str, Any], index: CodeIndex, medications: Mapping[str, Mapping[str, Any]]
+    med: wire.MedicationUse, index: CodeIndex, medications: Mapping[str, wire.Medication]
 ) -> tuple[set[str], str]:
     """Medication classes (med-* value set ids) by RxNorm code, else by text pattern; plus a name."""
     concepts = medication_concepts(med, medications)
@@ -787,68 +684,113 @@ def classify_medication(
     return classes, name
 
 
+def typed_resource(resource: object) -> tuple[wire.Resource, wire.Misfits] | Skipped | None:
+    """A resource as the extraction reads it: a typed Struct as it is; a dict of a resource type extraction
+    reads through ``wire.read`` (typed, else tolerant mode); None for a resource type nobody reads; a Skipped
+    for what is no resource at all."""
+    if isinstance(resource, wire.Resource):
+        return resource, wire.NO_MISFITS
+    if not isinstance(resource, dict):
+        return Skipped("unknown", "", "not a JSON object")
+    rtype = resource.get("resourceType")
+    rid = resource.get("id")
+    if not isinstance(rtype, str):
+        return Skipped("unknown", rid if isinstance(rid, str) else "", "no resourceType")
+    shape = wire.RESOURCE_TYPES.get(rtype)
+    if shape is None:
+        return None
+    try:
+        return wire.read(shape, resource)
+    except wire.Unreadable:
+        return Skipped(rtype, rid if isinstance(rid, str) else "", "malformed (does not fit the FHIR shape)")
+
+
+def _typed_patient(patient: object) -> wire.Patient | None:
+    """The Patient argument of ``extract`` typed; a dict is read as a Patient whatever its resourceType says."""
+    if isinstance(patient, wire.Patient):
+        return patient
+    if not isinstance(patient, dict):
+        return None
+    if patient.get("resourceType") != "Patient":
+        patient = {k: v for k, v in patient.items() if k != "resourceType"}
+    try:
+        return wire.read(wire.Patient, patient)[0]
+    except wire.Unreadable:
+        return wire.Patient()
+
+
 def extract(
-    patient: Mapping[str, Any] | None,
+    patient: Mapping[str, Any] | wire.Patient | None,
     resources: Iterable[object],
     now: datetime,
     index: CodeIndex,
     include_preliminary: bool = False,
 ) -> PatientFacts:
-    """Build ``PatientFacts`` from a Patient and any mix of resources; never raises for bad input."""
+    """Build ``PatientFacts`` from a Patient and any mix of resources; never raises for bad input.
+
+    Resources may be typed Structs (``fhir_mappings.wire``, decoded at the edge) or JSON dicts (tests, the SMART
+    viewer), which are converted through the same typed / tolerant reading first (issue 18).
+    """
     birth = gender = None
     patient_id = ""
-    if isinstance(patient, dict):
-        birth = parse_date(patient.get("birthDate"))
-        gender = patient.get("gender") if isinstance(patient.get("gender"), str) else None
-        patient_id = _rid(patient)
+    typed_patient = _typed_patient(patient)
+    if typed_patient is not None:
+        birth = parse_date(typed_patient.birthDate)
+        gender = typed_patient.gender
+        patient_id = _rid(typed_patient)
     facts0 = PatientFacts(now=now, patient_id=patient_id, birth_date=birth, gender=gender or "")
     ex = _Extractor(index, now, include_preliminary, facts0.age_years(), birth)
-    handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
-        "Observation": ex.observation,
-        "Condition": ex.condition,
-        "Procedure": ex.procedure,
-        "MedicationRequest": ex.medication,
-        "MedicationOrder": ex.medication,
-        "MedicationStatement": ex.medication,
-        "ServiceRequest": ex.service_request,
+    handlers: dict[type[wire.Resource], Callable[[Any, wire.Misfits], None]] = {
+        wire.Observation: ex.observation,
+        wire.Condition: ex.condition,
+        wire.Procedure: ex.procedure,
+        wire.MedicationRequest: ex.medication,
+        wire.MedicationOrder: ex.medication,
+        wire.MedicationStatement: ex.medication,
+        wire.ServiceRequest: ex.service_request,
     }
-    # First pass: shapes, Medication resources and DiagnosticReport members (the handlers need them all);
+    # First pass: types, Medication resources and DiagnosticReport members (the handlers need them all);
     # the handler of each resource is picked here so the second pass is only the calls.
-    work: list[tuple[Callable[[Mapping[str, Any]], None], Mapping[str, Any]]] = []
-    for res in list(resources):
-        if not isinstance(res, dict):
-            ex.skipped.append(Skipped("unknown", "", "not a JSON object"))
+    work: list[tuple[Callable[[Any, wire.Misfits], None], wire.Resource, wire.Misfits]] = []
+    for item in list(resources):
+        read = typed_resource(item)
+        if read is None:
             continue
-        rtype = res.get("resourceType")
-        if not isinstance(rtype, str):
-            ex.skipped.append(Skipped("unknown", _rid(res), "no resourceType"))
+        if isinstance(read, Skipped):
+            ex.skipped.append(read)
             continue
-        handler = handlers.get(rtype)
+        res, misfits = read
+        if misfits:
+            ex.tolerant.append(f"{wire.resource_type(res)}/{_rid(res)}")
+        handler = handlers.get(type(res))
         if handler is not None:
-            work.append((handler, res))
-        elif rtype == "Medication" and _rid(res):
-            ex.medication_resources[_rid(res)] = res
-        elif rtype == "DiagnosticReport":
-            for ref in res.get("result") or []:
-                if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-                    ex.report_members.setdefault(ref["reference"], set()).add(_rid(res))
-        elif rtype == "Patient" and patient is None and not patient_id:
+            work.append((handler, res, misfits))
+        elif type(res) is wire.Medication:
+            if res.id:
+                ex.medication_resources[res.id] = res
+        elif type(res) is wire.DiagnosticReport:
+            for ref in res.result or ():
+                if ref is not None and ref.reference is not None:
+                    ex.report_members.setdefault(ref.reference, set()).add(_rid(res))
+        elif type(res) is wire.Patient and patient is None and not patient_id:
             patient_id = _rid(res)
-    for handler, res in work:
+    for handler, res, misfits in work:
         try:
-            handler(res)
+            handler(res, misfits)
         except Exception as exc:  # one malformed resource must never fail the whole evaluation
             ex.skip(res, f"malformed {type(exc).__name__}")
     labs = ex.labs
     if ex.report_members:
         labs = [_with_reports(r, ex.report_members.get(r.reference)) for r in labs]
-    return PatientFacts(
+    facts = PatientFacts(
         now=now, patient_id=patient_id, birth_date=birth, gender=gender or "",
         labs=tuple(labs), conditions=tuple(ex.conditions), possible_conditions=tuple(ex.possible),
         procedures=tuple(ex.procedures), medications=tuple(ex.medications), skipped=tuple(ex.skipped),
         set_aside=tuple(ex.set_aside), medication_history=tuple(ex.medication_history),
         service_requests=tuple(ex.service_requests),
     )
+    facts.record_tolerant_reads(tuple(ex.tolerant))
+    return facts
 
 
 def _with_reports(result: LabResult, reports: set[str] | None) -> LabResult:

@@ -279,6 +279,17 @@ class PatientFacts:
             memo[kinds] = found
         return list(found)
 
+    def tolerant_reads(self) -> tuple[str, ...]:
+        """``Type/id`` of the resources that did not fit the typed shape and were read in tolerant mode (issue 18,
+        ``fhir_mappings.wire``). Kept beside the fields, like the results memo: it says how the facts were read,
+        not what they are, so it takes no part in equality or ``replace``."""
+        found: tuple[str, ...] = self.__dict__.get("_tolerant_reads", ())
+        return found
+
+    def record_tolerant_reads(self, references: tuple[str, ...]) -> None:
+        """Set what ``tolerant_reads`` answers (``fhir_mappings.extract`` does, once per extraction)."""
+        _set_attribute(self, "_tolerant_reads", references)
+
     def has_condition(self, *groups: str) -> bool:
         """True when an established active condition belongs to any of ``groups``."""
         return any(c.groups.intersection(groups) for c in self.conditions)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from fhir_mappings import wire
 from fhir_mappings.extract import classify_medication, codings_of, concept_text
 from fhir_mappings.facts import DraftOrder, Skipped
 from fhir_mappings.valuesets import CodeIndex
+
+T = TypeVar("T")
 
 IV_CALCIUM = "med-iv-calcium"
 IV_PHOSPHATE = "med-iv-phosphate"
@@ -63,14 +66,16 @@ def _route_kind(request: Mapping[str, Any], index: CodeIndex) -> tuple[str, str]
         route = dosage.get("route")
         if route is not None:
             route_present = True
-            for system, code, display in codings_of(route):
+            concept = wire.as_concept(route)
+            for system, code, display in codings_of(concept):
                 if index.contains("route-iv", system, code):
                     verdicts.add("iv")
                 elif index.contains("route-not-iv", system, code):
                     verdicts.add("not-iv")
                 if display:
                     texts.append(display)
-            rtext = concept_text(route) if isinstance(route, dict) else route if isinstance(route, str) else ""
+            rtext = (concept_text(concept) if isinstance(route, dict) else route if isinstance(route, str)
+                     else "")
             if rtext:
                 texts.append(rtext)
         if isinstance(dosage.get("text"), str):
@@ -137,7 +142,13 @@ def parse_order(
     medications: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> DraftOrder:
     """Classify one draft MedicationRequest (class + route) per section 2.8."""
-    classes, name = classify_medication(request, index, medications or {})
+    typed = _typed(wire.MedicationRequest, {**request, "resourceType": "MedicationRequest"})
+    known = {}
+    for rid, medication in (medications or {}).items():
+        found = _typed(wire.Medication, {**medication, "resourceType": "Medication"})
+        if found is not None:
+            known[rid] = found
+    classes, name = classify_medication(typed, index, known) if typed is not None else (set(), "")
     route, route_text = _route_kind(request, index)
     product_text = name
     excluded = ""
@@ -186,6 +197,14 @@ def parse_order(
         excluded_reason=excluded,
         is_parenteral_nutrition=parenteral_nutrition,
     )
+
+
+def _typed(shape: type[T], resource: Mapping[str, Any]) -> T | None:
+    """A draft's resource through the extraction's typed / tolerant reading (issue 18: one reading of FHIR)."""
+    try:
+        return wire.read(shape, resource)[0]
+    except wire.Unreadable:
+        return None
 
 
 def _unwrap(entry: object) -> object:

@@ -4,15 +4,17 @@ A leaf package: the rules build these, ``cards`` turns them into CDS Hooks cards
 Neither side needs the other, and this package imports nothing of the project.
 
 Card text is never written here: a ``Phrase`` names a reviewed fragment of ``cards/templates.toml`` [phrases] and
-the values to fill in (escaped by ``cards``); ``Bullets`` is a headed list of lines; a tuple of them is their
-concatenation. A template can hide a line by its phrase key (``hide_lines``), so which advice lines a card shows
-is content, not code.
+the values to fill in (escaped by ``cards``); a ``Text`` is the same as plain text (summaries); ``Age``, ``Unit`` and
+``LabName`` are values ``cards`` words (how old, a UCUM unit, a lab's name); ``Bullets`` is a headed list of lines;
+a tuple of them is their concatenation. A template can hide a line by its phrase key (``hide_lines``), so which
+advice lines a card shows is content, not code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, Union
 
 
@@ -43,6 +45,28 @@ class Text:
 
 
 @dataclass(frozen=True)
+class Age:
+    """How old a value drawn at ``when`` is at ``now``; ``cards`` words it ("22 h ago", clinical-rules.md §8 C13)."""
+
+    now: datetime
+    when: datetime
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A UCUM unit (``mL/min/{1.73_m2}``); ``cards`` shows it as a clinician reads it (issue 13 item 3)."""
+
+    code: str
+
+
+@dataclass(frozen=True)
+class LabName:
+    """A lab kind (value-set id, ``lab-phosphate``); ``cards`` shows its display name (``Phosphate``)."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
 class Bullets:
     """A ``**Heading**`` (a phrase key) over ``- line`` items; nothing at all when no line has text."""
 
@@ -66,7 +90,7 @@ def bullets(heading: str, lines: Iterable[Markdown]) -> Bullets:
 
 
 # A detail block: literal markdown (already escaped), a phrase, a bullet list, or a concatenation of them.
-Markdown = Union[str, Phrase, Text, Bullets, tuple["Markdown", ...]]  # noqa: UP007  (a recursive alias needs Union)
+Markdown = Union[str, Phrase, Text, Age, Unit, LabName, Bullets, tuple["Markdown", ...]]  # noqa: UP007  (a recursive alias needs Union)
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,7 @@ cards = Table(
     "cards",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=False),
-    Column("call_id", BigInteger, ForeignKey("calls.id"), nullable=False, index=True),
+    Column("call_id", BigInteger, ForeignKey("calls.id"), nullable=False),
     Column("card_uuid", Text, nullable=False, unique=True),
     Column("rule_id", Text, nullable=False, index=True),
     Column("rule_version", Text, nullable=False),
@@ -138,6 +138,8 @@ cards = Table(
     Column("recorded_at", UtcDateTime, nullable=False),
     Column("record_hash", HASH, nullable=False),
     Column("key_id", KEY_ID),  # the chain key that signed the row (migration 0005); NULL: legacy SHA-256
+    # A call's cards with what the governance dashboard counts, read from the index alone (migration 0007).
+    Index(None, "call_id", "rule_id", "disposition", "card_uuid"),
 )
 
 feedback = Table(
@@ -146,7 +148,7 @@ feedback = Table(
     Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("item_key", HASH, nullable=False, unique=True),  # digest of the item: the same item is stored once
     Column("service_id", Text, nullable=False),
-    Column("card_uuid", Text, nullable=False, index=True),
+    Column("card_uuid", Text, nullable=False),
     Column("card_known", Boolean, nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("accepted_suggestions", JSON, nullable=False),
@@ -172,6 +174,8 @@ feedback = Table(
     Index(None, "outcome", "outcome_timestamp"),
     # Since migration 0003 the suppression read starts at the overrides received inside the window.
     Index(None, "outcome", "received_at"),
+    # A card's responses from the index alone (migration 0007, the governance dashboard).
+    Index(None, "card_uuid", "outcome"),
 )
 
 checkpoints = Table(

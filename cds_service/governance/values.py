@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from cds_service.rules.patient_view import WARFARIN_COFACTOR, calciphylaxis_cofactors, calciphylaxis_minerals
 from cds_service.rules.states import PatientState
-from cds_service.rules.thresholds import CAXP_SEED_THRESHOLD, DOWNWEIGHT_DAYS, PTH_CURRENT_DAYS
+from cds_service.rules.thresholds import DOWNWEIGHT_DAYS, PTH_CURRENT_DAYS
 
-FORMAT = 1  # bump when the meaning of a key changes; the simulator reads only formats it knows
+# Bump when the meaning of a key changes; the simulator reads only the current format. 2 (issue 19 review):
+# r07_mineral comes from the rule's own calciphylaxis_minerals; format 1 used a copy that kept a high ionized
+# calcium for 90 days (the rule: 72 h) and counted upper-bound Ca x P pairs, so its rows are not simulated.
+FORMAT = 2
 
 
 def governance_values(state: PatientState) -> dict[str, Any]:
@@ -21,7 +25,8 @@ def governance_values(state: PatientState) -> dict[str, Any]:
     ``cofactors`` counts R07's co-factors other than warfarin (clinical-rules.md R07: warfarin alone suffices,
     otherwise >= 2 co-factors); it is None when R07 cannot apply (not CKD G5/G5D or kidney transplant, or
     calciphylaxis documented), so the simulator never counts those calls. ``r07_mineral`` says whether one of
-    R07's mineral abnormalities was present (the co-factor threshold only matters then).
+    R07's mineral abnormalities was present (the co-factor threshold only matters then): the rule's own
+    ``calciphylaxis_minerals``, so the two never disagree (ionized calcium's 72-hour window, upper-bound pairs).
     """
     pair = state.pair if state.fresh(state.pair, DOWNWEIGHT_DAYS) else None
     calcium = state.calcium if state.fresh(state.calcium, DOWNWEIGHT_DAYS) else None
@@ -37,30 +42,10 @@ def governance_values(state: PatientState) -> dict[str, Any]:
         "pth_multiple": None if pth is None else round(pth.value / state.pth_uln(), 3),
         "cofactors": _cofactor_count(state) if r07_applies else None,
         "warfarin": state.on_warfarin,
-        "r07_mineral": r07_applies and _r07_mineral(pair is not None and pair.product > CAXP_SEED_THRESHOLD, state),
+        "r07_mineral": r07_applies and bool(calciphylaxis_minerals(state)),
     }
 
 
 def _cofactor_count(state: PatientState) -> int:
-    """R07's co-factors other than warfarin, as cds_service.rules.patient_view.calciphylaxis_risk counts them."""
-    facts = state.facts
-    flags = (
-        state.obese,
-        state.diabetes,
-        state.female,
-        state.hypoalbuminemia and state.albumin is not None,
-        facts.has_medication("med-oral-calcium") and facts.has_medication("med-active-vitamin-d"),
-    )
-    return sum(1 for flag in flags if flag)
-
-
-def _r07_mineral(caxp_high: bool, state: PatientState) -> bool:
-    """One of R07's mineral abnormalities (Ca x P > 70, hypercalcemia, P > 5.5 mg/dL, PTH > 9 x ULN)."""
-    calcium = state.calcium
-    return bool(
-        caxp_high
-        or (calcium is not None and calcium.high and state.fresh(calcium, DOWNWEIGHT_DAYS))
-        or (state.phosphate is not None and state.fresh(state.phosphate, DOWNWEIGHT_DAYS)
-            and state.phosphate_above_g5_target())
-        or (state.pth is not None and state.fresh(state.pth, PTH_CURRENT_DAYS) and state.pth_marked())
-    )
+    """R07's co-factors other than warfarin: the rule's own list (``calciphylaxis_cofactors``)."""
+    return sum(1 for words, _line in calciphylaxis_cofactors(state) if words.key != WARFARIN_COFACTOR)

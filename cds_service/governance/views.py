@@ -15,10 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
-from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds_service.audit.schema import calls
 from cds_service.audit.store import AuditLog
 from cds_service.config import Settings
 from cds_service.governance import access, queries, svg
@@ -55,13 +53,6 @@ def _period() -> Period:
     if not start < end or end - start > timedelta(days=MAX_DAYS):
         raise _BadRequest(f"the period must run forwards and last at most {MAX_DAYS} days")
     return Period(start, end, request.args.get("tenant") or None)
-
-
-def _tenants(engine: Engine) -> list[str]:
-    with engine.connect() as connection:
-        rows = connection.execute(select(calls.c.tenant_key).where(calls.c.tenant_key.is_not(None))
-                                  .group_by(calls.c.tenant_key).limit(200))
-        return sorted(str(row.tenant_key) for row in rows)
 
 
 def _csv(header: list[str], rows: list[list[Any]], name: str) -> Response:
@@ -168,7 +159,7 @@ def create_governance_blueprint(settings: Settings, get_audit: Callable[[], Audi
                     raise _BadRequest("the candidate threshold must be a number") from None
                 whatif = simulate(engine, period, PARAMETERS[name], candidate)
             html = render_template(
-                "governance_dashboard.html", params=period.as_params(), tenants=_tenants(engine),
+                "governance_dashboard.html", params=period.as_params(), tenants=queries.tenants(engine),
                 hook_calls=queries.hook_calls(engine, period), rules=rules, overrides=overrides,
                 reason_chart=svg.bar_chart("Override reasons", sorted(by_reason.items(), key=lambda i: -i[1])),
                 suppressed=queries.suppressed_reasons(engine, period), trend_charts=charts,

@@ -35,7 +35,8 @@ from .states import PatientState
 from .thresholds import INFANT_AGE_YEARS
 
 __all__ = ["RULES", "RULES_VERSION", "Finding", "RuleDef", "evaluate", "consolidate", "declared_fields",
-           "incomplete_finding", "INCOMPLETE", "order_rule_ids", "register", "unregister", "rule"]
+           "incomplete_finding", "INCOMPLETE", "order_rule_ids", "fold_hosts", "r03_hosts", "register", "unregister",
+           "rule"]
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +47,20 @@ def order_rule_ids() -> frozenset[str]:
     return frozenset(r.rule_id for r in RULES.values() if r.hooks <= ORDER_HOOKS)
 
 
-# §8 C11: under 1 year no mineral card fires on patient-view except R04 (which checks total Ca >= 12.0 itself).
-INFANT_SILENT = frozenset({"caxp-high", "caxp-above-target", "mineral-labs-due", "hyperphosphatemia", "pth-high",
-                           "calciphylaxis-risk", "vitamin-d-excess", "documented-calcinosis",
-                           "hyperparathyroid-pattern", "albumin-needed"})
-
-# Section 2.9 consolidation: host rule <- rules folded into it (their facts go into the host detail).
-FOLDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("calciphylaxis-risk", ("pth-high",)),
-    ("caxp-high", ("caxp-above-target", "hyperphosphatemia", "hyperparathyroid-pattern", "hypercalcemia",
-                   "albumin-needed", "pth-high")),
-    ("caxp-above-target", ("hyperphosphatemia",)),
-    ("hypercalcemia", ("albumin-needed",)),
-)
-# R03 is not emitted when R01, R02 or R07 fires; its lab suggestions go to the first of these.
-R03_HOSTS = ("caxp-high", "caxp-above-target", "calciphylaxis-risk")
+R03 = "mineral-labs-due"   # section 2.9: not shown beside a card that hosts it (RuleDef.hosts_r03)
 SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+
+
+def fold_hosts() -> list[RuleDef]:
+    """The rules whose cards absorb others (section 2.9), in the order they fold: descending ``fold_priority``,
+    then registry order. Read from the registry at every call, so a rule registered later takes part."""
+    hosts = [d for d in RULES.values() if d.folds]
+    return sorted(hosts, key=lambda d: -d.fold_priority)   # stable: registry order among equal priorities
+
+
+def r03_hosts() -> list[str]:
+    """The rules whose card takes R03's lab suggestions, in registry order (section 2.9)."""
+    return [d.rule_id for d in RULES.values() if d.hosts_r03]
 
 
 def declared_fields() -> dict[str, frozenset[str]]:
@@ -109,18 +108,18 @@ def consolidate(findings: Sequence[Finding], hook: str) -> list[Finding]:
         by_id = {k: v for k, v in by_id.items() if k in order_only or k == INCOMPLETE}
     else:
         by_id = {k: v for k, v in by_id.items() if k not in order_only}
-        for host_id, folded_ids in FOLDS:
-            host = by_id.get(host_id)
+        for definition in fold_hosts():
+            host = by_id.get(definition.rule_id)
             if host is None:
                 continue
-            for folded_id in folded_ids:
+            for folded_id in definition.folds:
                 folded = by_id.pop(folded_id, None)
                 if folded is not None:
                     _fold(host, folded)
-        r03 = by_id.get("mineral-labs-due")
-        r03_host = next((by_id[h] for h in R03_HOSTS if h in by_id), None)
+        r03 = by_id.get(R03)
+        r03_host = next((by_id[h] for h in r03_hosts() if h in by_id), None)
         if r03 is not None and r03_host is not None:
-            del by_id["mineral-labs-due"]
+            del by_id[R03]
             _merge_suggestions(r03_host, r03.suggestions)
         for f in by_id.values():
             if f.indicator == "critical":  # section 2.9: patient-view cards are never critical
@@ -161,7 +160,7 @@ def evaluate(
     for definition in RULES.values():
         if definition.rule_id == INCOMPLETE or not _enabled(definition, hook, given):
             continue
-        if infant and definition.rule_id in INFANT_SILENT:
+        if infant and definition.silent_for_infants:
             continue
         result.evaluated.append((definition.rule_id, definition.version))
         try:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cards.ages import age_text
-from cards.render import text
 from fhir_mappings.facts import DraftOrder, LabResult
 from fhir_mappings.pairing import CaPPair
+from findings import Age, LabName, Markdown, Phrase, Text, Unit, bullets
 from findings import Finding as Finding
-from findings import Markdown, Phrase, bullets
 from findings import SuggestionSpec as SuggestionSpec
 
 from .states import CalciumStatus, PatientState
@@ -54,6 +51,16 @@ class RuleDef:
     ``options`` maps each engine option the rule reads (an ``EngineOptions`` field, checked at start-up by
     ``engine.check_content``) to its default; ``switch`` names the bool option that must be on for the rule to
     run at all (R16, R19: clinical-rules.md section 3), or None.
+
+    How its card meets the others is declared here too, so that adding a rule edits no list elsewhere
+    (``rules.evaluate`` and ``rules.consolidate`` read these from the registry):
+
+    - ``silent_for_infants``: not run on patient-view under 1 year (§8 C11: no mineral card fires there);
+    - ``folds``: the rules whose findings this rule's card absorbs when both fire (section 2.9), in the order their
+      facts join it; ``fold_priority``: hosts fold in descending priority, then in registry order, so a rule two
+      hosts may absorb goes to the higher one;
+    - ``hosts_r03``: when this rule fires, R03 (mineral labs due) is not shown; its lab suggestions join the first
+      such card in registry order (section 2.9).
     """
 
     rule_id: str
@@ -64,6 +71,10 @@ class RuleDef:
     fn: RuleFn
     options: Mapping[str, object] = field(default_factory=dict)
     switch: str | None = None
+    silent_for_infants: bool = False
+    folds: tuple[str, ...] = ()
+    fold_priority: int = 0
+    hosts_r03: bool = False
 
     def option_values(self, given: Mapping[str, object]) -> dict[str, object]:
         """The rule's declared options: the value in ``given`` where present, else the declared default."""
@@ -79,6 +90,8 @@ def register(definition: RuleDef) -> RuleDef:
         raise ValueError(f"rule {definition.rule_id} registered twice")
     if definition.switch is not None and not isinstance(definition.options.get(definition.switch), bool):
         raise ValueError(f"rule {definition.rule_id}: switch {definition.switch} must be a declared bool option")
+    if definition.rule_id in definition.folds:
+        raise ValueError(f"rule {definition.rule_id} cannot fold into itself")
     RULES[definition.rule_id] = definition
     return definition
 
@@ -90,17 +103,19 @@ def unregister(rule_id: str) -> None:
 
 def rule(
     rule_id: str, spec_id: str, hooks: Iterable[str], fields: Iterable[str], *, version: str,
-    options: Mapping[str, object] | None = None, switch: str | None = None,
+    options: Mapping[str, object] | None = None, switch: str | None = None, silent_for_infants: bool = False,
+    folds: Iterable[str] = (), fold_priority: int = 0, hosts_r03: bool = False,
 ) -> Callable[[RuleFn], RuleFn]:
     """Register ``fn`` as rule ``rule_id`` (topic code) implementing spec rule ``spec_id`` at ``version``.
 
     ``fields``: the template placeholders the rule fills; ``options``: the engine options it reads with their
-    defaults; ``switch``: the bool option among them that turns the rule on.
+    defaults; ``switch``: the bool option among them that turns the rule on; ``silent_for_infants``, ``folds``,
+    ``fold_priority`` and ``hosts_r03``: how its card meets the others (see ``RuleDef``).
     """
 
     def decorate(fn: RuleFn) -> RuleFn:
         register(RuleDef(rule_id, spec_id, version, frozenset(hooks), frozenset(fields) | COMMON_BLOCKS, fn,
-                         dict(options or {}), switch))
+                         dict(options or {}), switch, silent_for_infants, tuple(folds), fold_priority, hosts_r03))
         return fn
 
     return decorate
@@ -141,9 +156,9 @@ def days_ago(now: datetime, when: datetime) -> int:
     return max((now - when).days, 0)
 
 
-def drawn_text(now: datetime, when: datetime) -> str:
-    """``drawn 22 h ago`` / ``drawn 3 days ago``: the one age wording of cards and viewer (§8 C13)."""
-    return text("drawn_age", age=age_text(now, when))
+def drawn_text(now: datetime, when: datetime) -> Text:
+    """``drawn 22 h ago`` / ``drawn 3 days ago``: the one age wording of cards and viewer (§8 C13), worded by cards."""
+    return Text.of("drawn_age", age=Age(now, when))
 
 
 def calcium_text(status: CalciumStatus) -> str:
@@ -156,16 +171,25 @@ def calcium_text(status: CalciumStatus) -> str:
     return f"{shown(status.value, HYPERCALCEMIA_MG_DL, MODERATE_HYPERCALCEMIA_MG_DL)} mg/dL"
 
 
-def calcium_label(status: CalciumStatus) -> str:
-    """``Calcium`` / ``Corrected calcium`` / ``Ionized calcium``."""
-    return {"ionized": "Ionized calcium", "measured": "Calcium"}.get(status.basis, "Corrected calcium")
+def _calcium_basis(status: CalciumStatus) -> str:
+    return status.basis if status.basis in ("ionized", "measured") else "corrected"   # lab-corrected reads corrected
 
 
-def stage_label(state: PatientState) -> str:
+def calcium_label(status: CalciumStatus) -> Text:
+    """``Calcium`` / ``Corrected calcium`` / ``Ionized calcium`` (as a label)."""
+    return Text.of("calcium_label_" + _calcium_basis(status))
+
+
+def calcium_kind(status: CalciumStatus) -> Text:
+    """``calcium`` / ``corrected calcium`` / ``ionized calcium`` (inside a sentence)."""
+    return Text.of("calcium_kind_" + _calcium_basis(status))
+
+
+def stage_label(state: PatientState) -> Markdown:
     """``CKD G5D`` etc., or '' without CKD; ``ESRD`` when an ESRD code is the only evidence (§8 C5)."""
     if state.ckd_stage == "G5D" and not state.on_dialysis:
-        return "ESRD"
-    return f"CKD {state.ckd_stage}" if state.ckd_stage else ""
+        return Text.of("stage_esrd")
+    return Text.of("stage_ckd", stage=state.ckd_stage) if state.ckd_stage else ""
 
 
 def evidence(name: str, result: LabResult) -> dict[str, Any]:
@@ -206,48 +230,16 @@ def calcium_evidence(status: CalciumStatus) -> list[dict[str, Any]]:
     return items
 
 
-ANALYTE_NAMES = {
-    "lab-calcium-total": "Calcium (total)",
-    "lab-calcium-blood": "Calcium (blood)",
-    "lab-calcium-ionized": "Calcium (ionized)",
-    "lab-calcium-corrected": "Calcium (corrected, lab)",
-    "lab-phosphate": "Phosphate",
-    "lab-albumin": "Albumin",
-    "lab-pth": "PTH (intact)",
-    "lab-vitamin-d-25oh": "25-OH vitamin D",
-    "lab-vitamin-d-125": "1,25-(OH)2 vitamin D",
-    "lab-alp": "Alkaline phosphatase",
-    "lab-egfr": "eGFR",
-    "lab-potassium": "Potassium",
-    "lab-urate": "Urate",
-    "lab-bmi": "BMI",
-    "lab-bicarbonate": "Bicarbonate",
-    "lab-magnesium": "Magnesium",
-    "lab-creatinine": "Creatinine",
-}
-
-
-UCUM_ANNOTATION = re.compile(r"\{[^}]*\}")
-UNIT_WORDS = {"mL/min/{1.73_m2}": "mL/min/1.73 m²"}   # eGFR: UCUM's annotation as clinicians write it
-
-
-def unit_display(unit: str) -> str:
-    """A UCUM unit as a clinician reads it: no ``{...}`` annotations (issue 13 item 3)."""
-    return UNIT_WORDS.get(unit) or UCUM_ANNOTATION.sub("", unit).strip() or unit
-
-
 def value_line(result: LabResult, now: datetime) -> Markdown:
     """``Phosphate: 7.5 mg/dL (reported 2.42 mmol/L) – 2025-06-13 (2 days ago)``, escaped."""
     shown = f"{result.comparator}{num(result.value)}"
     reported: Markdown = ""
     if result.original_unit.lower() != result.unit.lower():
-        reported = Phrase.of("reported", value=f"{result.original_value:g}", unit=unit_display(result.original_unit))
-    head = Phrase.of(
-        "value_line", name=ANALYTE_NAMES.get(result.kind, result.kind), value=shown, unit=unit_display(result.unit)
-    )
+        reported = Phrase.of("reported", value=f"{result.original_value:g}", unit=Unit(result.original_unit))
+    head = Phrase.of("value_line", name=LabName(result.kind), value=shown, unit=Unit(result.unit))
     when = Phrase.of(
         "value_when", date=result.time.strftime("%Y-%m-%d %H:%M UTC"), days=days_ago(now, result.time),
-        age=age_text(now, result.time), ref=result.reference,
+        age=Age(now, result.time), ref=result.reference,
     )
     return (head, reported, when, Phrase.of("time_uncertain") if result.time_uncertain else "")
 
@@ -307,7 +299,7 @@ def _never_fires(_ctx: RuleContext) -> Finding | None:
 def incomplete_finding(failed_rules: Iterable[str], unreadable: Iterable[str]) -> Finding:
     """The §8 C6 info card: which rules could not be evaluated and which data could not be read."""
     failed, missing = list(failed_rules), list(unreadable)
-    what = ", ".join(failed) if failed else text("incomplete_data")
+    what: Markdown = ", ".join(failed) if failed else Text.of("incomplete_data")
     lines = [Phrase.of("incomplete_rule", rule=r) for r in failed] + [Phrase.of("incomplete_source", name=n)
                                                                    for n in missing]
     return Finding(

@@ -12,18 +12,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from cards.render import text
 from fhir_mappings.facts import DraftOrder, LabResult
 from fhir_mappings.orders import IV_CALCIUM, IV_PHOSPHATE, ORAL_CALCIUM
 from fhir_mappings.pairing import CaPPair
-from findings import Markdown, Phrase, SuggestionSpec, bullets, joined
+from findings import Markdown, Phrase, SuggestionSpec, Text, bullets, joined
 
 from .base import (
     ORDER_HOOKS,
     Finding,
     RuleContext,
     calcium_evidence,
-    calcium_label,
+    calcium_kind,
     calcium_lines,
     calcium_text,
     caxp_text,
@@ -98,14 +97,14 @@ def order_phosphate_high(state: PatientState) -> bool:
     return state.fresh(state.phosphate, ORDER_DAYS) and state.phosphate_high()
 
 
-def context_label(state: PatientState) -> str:
+def context_label(state: PatientState) -> Text:
     """``dialysis patient`` (dialysis evidence only, §8 C5) / ``ESRD patient`` / ``CKD G5 patient`` / ``this
     patient``."""
     if state.on_dialysis:
-        return text("ctx_dialysis")
+        return Text.of("ctx_dialysis")
     if state.ckd_stage:
-        return text("ctx_ckd", stage=stage_label(state))
-    return text("ctx_patient")
+        return Text.of("ctx_ckd", stage=stage_label(state))
+    return Text.of("ctx_patient")
 
 
 def order_block(order: DraftOrder) -> Markdown:
@@ -116,7 +115,8 @@ def order_block(order: DraftOrder) -> Markdown:
     if order.route_inferred:
         lines.append(Phrase.of("route_inferred"))
     else:
-        lines.append(Phrase.of("order_route", route=order.route_text or text("route_" + order.route.replace("-", "_"))))
+        route = order.route_text or Text.of("route_" + order.route.replace("-", "_"))
+        lines.append(Phrase.of("order_route", route=route))
     return bullets("order_heading", lines)
 
 
@@ -175,12 +175,12 @@ class Marker:
     """A §8 C2 marker: the words that lead the summary, the detail line, and its evidence."""
 
     kind: str                   # "indication" | "low-calcium"
-    words: str                  # e.g. "K 7.1 mmol/L"
+    words: Markdown             # e.g. "K 7.1 mmol/L" (plain text, worded by cards where it is a phrase)
     line: Markdown
     evidence: list[dict[str, Any]]
 
 
-def critical_reason(state: PatientState, iv_phosphate: bool = False) -> str:
+def critical_reason(state: PatientState, iv_phosphate: bool = False) -> Markdown:
     """§8.0 ``critical`` on IV orders: the words of the first condition that holds, '' when none.
 
     Ca x P > 70 from a pair drawn <= 24 h apart whose later draw is <= 48 h old; total/corrected Ca >= 12.0 mg/dL
@@ -190,14 +190,14 @@ def critical_reason(state: PatientState, iv_phosphate: bool = False) -> str:
     pair = state.pair
     if (pair is not None and not pair.is_fallback and pair.exceeds(CAXP_SEED_THRESHOLD)
             and state.now - pair.time <= timedelta(hours=CRITICAL_PAIR_HOURS)):
-        return text("trigger_caxp", value=caxp_text(pair))
+        return Text.of("trigger_caxp", value=caxp_text(pair))
     cal = state.calcium
     if cal is not None and cal.at_least_moderate and state.fresh(cal, ORDER_IONIZED_DAYS):
-        return text("trigger_severe_ca", value=calcium_text(cal), grade=text("hypercalcemia_" + cal.grade))
+        return Text.of("trigger_severe_ca", value=calcium_text(cal), grade=Text.of("hypercalcemia_" + cal.grade))
     if state.calciphylaxis_dx:
-        return text("trigger_calciphylaxis")
+        return Text.of("trigger_calciphylaxis")
     if iv_phosphate and order_phosphate_high(state) and state.phosphate is not None:
-        return text("reason_phosphate", value=shown(state.phosphate.value, PHOSPHATE_HIGH_MG_DL))
+        return Text.of("reason_phosphate", value=shown(state.phosphate.value, PHOSPHATE_HIGH_MG_DL))
     return ""
 
 
@@ -206,13 +206,13 @@ def indication_marker(state: PatientState) -> Marker | None:
     within 30 days (hungry bone), CRRT active (with or without citrate anticoagulation)."""
     k = state.latest("lab-potassium", days=MARKER_POTASSIUM_DAYS)
     if k is not None and k.exceeds(INDICATION_POTASSIUM, inclusive=True):
-        words = f"K {num(k.value)} mmol/L"
+        words: Markdown = Text.of("words_potassium", value=num(k.value))
         return Marker("indication", words, value_line(k, state.now), [evidence("potassium", k)])
     if state.parathyroidectomy is not None:
-        words = text("marker_parathyroidectomy")
+        words = Text.of("marker_parathyroidectomy")
         return Marker("indication", words, Phrase.of("marker_line", what=words), [])
     if state.crrt_active:
-        words = text("marker_citrate") if state.citrate_on_crrt else text("marker_crrt")
+        words = Text.of("marker_citrate") if state.citrate_on_crrt else Text.of("marker_crrt")
         return Marker("indication", words, Phrase.of("marker_line", what=words), [])
     return None
 
@@ -224,14 +224,14 @@ def low_calcium_marker(state: PatientState) -> Marker | None:
     if ionized is not None:
         if not ionized.below(LOW_IONIZED_MARKER_MG_DL):
             return None
-        words = f"ionized Ca {ionized.value / CA_MG_PER_MMOL:.2f} mmol/L"
+        words = Text.of("words_ionized_ca", value=f"{ionized.value / CA_MG_PER_MMOL:.2f}")
         return Marker("low-calcium", words, value_line(ionized, state.now), [evidence("calcium_ionized", ionized)])
     cal = calcium_status(state.facts, state.age, use_ionized=False)
     if cal is not None and state.fresh(cal, ORDER_IONIZED_DAYS):
         value, low = cal.value, cal.value < LOW_CALCIUM_MARKER_MG_DL and not cal.result.is_lower_bound
         if not low:
             return None
-        words = f"{calcium_label(cal).lower()} {shown(value, LOW_CALCIUM_MARKER_MG_DL)} mg/dL"
+        words = Text.of("words_calcium_mg", kind=calcium_kind(cal), value=shown(value, LOW_CALCIUM_MARKER_MG_DL))
         return Marker("low-calcium", words, value_line(cal.result, state.now), calcium_evidence(cal))
     return None
 
@@ -267,19 +267,20 @@ def iv_calcium_order(ctx: RuleContext) -> Finding | None:
     phos_high = order_phosphate_high(s)
     p = s.phosphate
     critical = critical_reason(s)
-    reasons: list[str] = []
+    reasons: list[Markdown] = []
     if s.in_stage("G5", "G5D"):
-        detail = [f"Ca x P {caxp_text(pair)}"] if pair is not None else []
+        detail: list[Markdown] = [Text.of("words_caxp", value=caxp_text(pair))] if pair is not None else []
         if p is not None and s.fresh(p, ORDER_DAYS):
-            detail.append(f"P {num(p.value)}")
-        reasons.append(stage_label(s) + (f" ({', '.join(detail)})" if detail else ""))
+            detail.append(Text.of("words_p", value=num(p.value)))
+        reasons.append(Text.of("stage_values", stage=stage_label(s), values=joined(", ", detail)) if detail
+                       else stage_label(s))
     stage_reason = bool(reasons)  # the stage item already names the pair and P
     if phos_high and p is not None and not stage_reason:
-        reasons.append(text("reason_phosphate", value=shown(p.value, PHOSPHATE_HIGH_MG_DL)))
+        reasons.append(Text.of("reason_phosphate", value=shown(p.value, PHOSPHATE_HIGH_MG_DL)))
     if hyper and s.calcium is not None:
-        reasons.append(text("reason_hypercalcemia", value=calcium_text(s.calcium)))
+        reasons.append(Text.of("reason_hypercalcemia", value=calcium_text(s.calcium)))
     if pair is not None and pair.exceeds(CAXP_KDOQI_TARGET, inclusive=True) and not stage_reason:
-        reasons.append(f"Ca x P {caxp_text(pair)}")
+        reasons.append(Text.of("words_caxp", value=caxp_text(pair)))
     if critical:
         tier, indicator, variant = "T1", "critical", "t1"
     elif reasons or s.tls_active:
@@ -294,10 +295,10 @@ def iv_calcium_order(ctx: RuleContext) -> Finding | None:
     marker = indication_marker(s) or low_calcium_marker(s)
     offer_remove = tier in ("T1", "T2")
     remove_label = "remove_iv_calcium_tls" if s.tls_active else "remove_iv_calcium"
-    notes = [Phrase.of("tier_" + tier.lower(), why=critical or "; ".join(reasons) or s.tls_reason)]
+    notes = [Phrase.of("tier_" + tier.lower(), why=critical or joined("; ", reasons) or s.tls_reason)]
     if marker is not None and (marker.kind == "indication" or not (s.tls_active or phos_high)):
         indicator, variant, offer_remove = "info", "indicated", False  # §8 C2: likely indicated, no "Remove"
-        notes = [Phrase.of("risk_noted", why=critical or "; ".join(reasons) or s.tls_reason or text("reason_cc")),
+        notes = [Phrase.of("risk_noted", why=critical or joined("; ", reasons) or s.tls_reason or Text.of("reason_cc")),
                  Phrase.of("marker_note", what=marker.words)]
     elif marker is not None:
         indicator = "warning"  # §8 C2: low calcium with TLS/hyperphosphatemia: never critical
@@ -307,7 +308,7 @@ def iv_calcium_order(ctx: RuleContext) -> Finding | None:
         notes.append(Phrase.of("marker_note", what=marker.words))
     if order.is_parenteral_nutrition and not critical:
         indicator, variant = "info", "pn"   # §8 C7: a PN admixture is at most info unless critical
-        notes[0] = Phrase.of("risk_noted", why="; ".join(reasons) or s.tls_reason or text("reason_cc"))
+        notes[0] = Phrase.of("risk_noted", why=joined("; ", reasons) or s.tls_reason or Text.of("reason_cc"))
     values, ev = order_values(s)
     if marker is not None:
         values = [marker.line] + [v for v in values if v != marker.line]
@@ -332,8 +333,8 @@ def iv_calcium_order(ctx: RuleContext) -> Finding | None:
         fields={
             "trigger": critical,
             "context": context_label(s),
-            "salt": text("salt_chloride") if order.is_calcium_chloride else "",
-            "t2_reason": "; ".join(reasons) if reasons else text("reason_tls"),
+            "salt": Text.of("salt_chloride") if order.is_calcium_chloride else "",
+            "t2_reason": joined("; ", reasons) if reasons else Text.of("reason_tls"),
             "p": num(p.value) if p is not None else "",
             "marker": marker.words if marker is not None else "",
             "values_md": (order_block(order), "\n\n", bullets("values_heading", values)),
@@ -369,13 +370,13 @@ def iv_phosphate_order(ctx: RuleContext) -> Finding | None:
     order = orders[0]
     hyper, _ = order_hypercalcemia(s)
     critical = critical_reason(s, iv_phosphate=True)
-    parts = []
+    parts: list[Markdown] = []
     if hyper and s.calcium is not None:
-        parts.append(text("with_hypercalcemia", value=calcium_text(s.calcium)))
+        parts.append(Text.of("with_hypercalcemia", value=calcium_text(s.calcium)))
     if s.in_stage("G4", "G5", "G5D"):
-        parts.append(text("in_context", context=context_label(s)))
+        parts.append(Text.of("in_context", context=context_label(s)))
     elif s.tls_active:
-        parts.append(text("in_tls"))
+        parts.append(Text.of("in_tls"))
     if critical:
         tier, indicator, variant = "T1", "critical", "t1"
     elif parts:
@@ -384,7 +385,7 @@ def iv_phosphate_order(ctx: RuleContext) -> Finding | None:
         tier, indicator, variant = "CC", "info", "calcinosis"
     else:
         return None
-    reason = " ".join(parts)
+    reason = joined(" ", parts)
     low_p = hypophosphatemia(s)
     ionized = s.latest("lab-calcium-ionized", days=MARKER_IONIZED_DAYS)
     ionized_low = ionized is not None and ionized.below(LOW_IONIZED_MARKER_MG_DL)
@@ -396,7 +397,7 @@ def iv_phosphate_order(ctx: RuleContext) -> Finding | None:
         notes = [Phrase.of("hypophosphatemia_advice")]
     if order.is_parenteral_nutrition and not critical:
         indicator, variant = "info", "pn"   # §8 C7
-        notes[0] = Phrase.of("risk_noted", why=reason or text("reason_cc"))
+        notes[0] = Phrase.of("risk_noted", why=reason or Text.of("reason_cc"))
     values, ev = order_values(s)
     suggestions = _labs_then_consult(s) if tier in ("T1", "T2") else _labs(_stale_labs(s))
     if offer_remove:
@@ -433,10 +434,11 @@ def oral_calcium_order(ctx: RuleContext) -> Finding | None:
     if not orders or not s.in_stage("G4", "G5", "G5D"):
         return None
     pair = usable_pair(s, CURRENT_DAYS)
+    trigger: Markdown
     if pair is not None and pair.exceeds(CAXP_SEED_THRESHOLD):
-        trigger, ev = f"Ca x P {caxp_text(pair)}", pair_evidence(pair)
+        trigger, ev = Text.of("words_caxp", value=caxp_text(pair)), pair_evidence(pair)
     elif current_hypercalcemia(s) and s.calcium is not None:
-        trigger, ev = text("reason_hypercalcemia", value=calcium_text(s.calcium)), calcium_evidence(s.calcium)
+        trigger, ev = Text.of("reason_hypercalcemia", value=calcium_text(s.calcium)), calcium_evidence(s.calcium)
     else:
         return None
     values, _ = order_values(s)
@@ -468,12 +470,13 @@ def calcium_heparin_order(ctx: RuleContext) -> Finding | None:
         return None
     s = ctx.state
     pair = usable_pair(s, CURRENT_DAYS)
+    trigger: Markdown
     if s.in_stage("G5", "G5D"):
         trigger = stage_label(s)
     elif pair is not None and pair.exceeds(CAXP_SEED_THRESHOLD):
-        trigger = f"Ca x P {caxp_text(pair)}"
+        trigger = Text.of("words_caxp", value=caxp_text(pair))
     elif current_hypercalcemia(s) and s.calcium is not None:
-        trigger = text("reason_hypercalcemia", value=calcium_text(s.calcium))
+        trigger = Text.of("reason_hypercalcemia", value=calcium_text(s.calcium))
     else:
         return None
     values, ev = order_values(s)
@@ -503,11 +506,12 @@ def vitamin_d_order(ctx: RuleContext) -> Finding | None:
     order = orders[0]
     pair = usable_pair(s, CURRENT_DAYS)
     vitd = s.latest("lab-vitamin-d-25oh", days=VITAMIN_D_DAYS)
-    trigger, indicator, variant = "", "warning", ""
+    trigger: Markdown = ""
+    indicator, variant = "warning", ""
     if current_hypercalcemia(s) and s.calcium is not None:
-        trigger = text("reason_hypercalcemia", value=calcium_text(s.calcium))
+        trigger = Text.of("reason_hypercalcemia", value=calcium_text(s.calcium))
     elif pair is not None and pair.exceeds(CAXP_SEED_THRESHOLD):
-        trigger = f"Ca x P {caxp_text(pair)}"
+        trigger = Text.of("words_caxp", value=caxp_text(pair))
     elif vitd is not None and vitd.exceeds(VITD_POSSIBLE_EXCESS, inclusive=True):
         indicator, variant = "info", "vitd"
     else:
@@ -565,14 +569,14 @@ def al_mg_binder_order(ctx: RuleContext) -> Finding | None:
         if s.in_stage("G5", "G5D"):
             found.append(("warning", aluminium[0], Phrase.of("al_reason", why=stage_label(s))))
         elif s.in_stage("G3", "G4") or _aki_recent(s):
-            why = stage_label(s) if s.ckd_stage else text("aki_recent")
+            why = stage_label(s) if s.ckd_stage else Text.of("aki_recent")
             found.append(("info", aluminium[0], Phrase.of("al_reason", why=why)))
     mg = s.latest("lab-magnesium", days=MAGNESIUM_DAYS)
     mg_low = mg is not None and mg.below(mg.ref_low if mg.ref_low is not None else MAGNESIUM_LLN_MG_DL)
     if magnesium and not mg_low:   # magnesium oxide is a common supplement for hypomagnesemia (§8 C17)
         mg_high = mg is not None and mg.exceeds(mg.ref_high if mg.ref_high is not None else MAGNESIUM_ULN_MG_DL)
         if s.in_stage("G4", "G5", "G5D") or mg_high:
-            why = stage_label(s) if s.in_stage("G4", "G5", "G5D") else text("mg_above_uln")
+            why = stage_label(s) if s.in_stage("G4", "G5", "G5D") else Text.of("mg_above_uln")
             found.append(("info", magnesium[0], Phrase.of("mg_reason", why=why)))
     if not found:
         return None
@@ -590,7 +594,7 @@ def al_mg_binder_order(ctx: RuleContext) -> Finding | None:
         override_reasons=True,
         fields={
             "stage": stage_label(s),
-            "metal": text("metal_" + metal),
+            "metal": Text.of("metal_" + metal),
             "values_md": (order_block(order), ("\n\n", bullets("values_heading", values)) if values else ""),
             "factors_md": bullets("factors_heading", [f[2] for f in found]),
         },
@@ -633,9 +637,9 @@ def warfarin_calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
         return None
     minerals = calciphylaxis_minerals(s) if s.in_stage("G5", "G5D") else []
     if s.calciphylaxis_dx:
-        reason = text("r24_calciphylaxis")
+        reason = Text.of("r24_calciphylaxis")
     elif minerals:
-        reason = text("r24_renal", renal=text("renal_dialysis") if s.on_dialysis else stage_label(s),  # §8 C5
+        reason = Text.of("r24_renal", renal=Text.of("renal_dialysis") if s.on_dialysis else stage_label(s),  # §8 C5
                       mineral=minerals[0].words)
     else:
         return None

@@ -6,16 +6,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from cards.render import text
 from fhir_mappings.facts import LabResult
+from fhir_mappings.labs import ORDER_CODE
 from fhir_mappings.pairing import CaPPair
-from findings import Markdown, Phrase, SuggestionSpec, bullets, joined
+from findings import Markdown, Phrase, SuggestionSpec, Text, bullets, joined
 
 from .base import (
     PATIENT_VIEW,
     Finding,
     RuleContext,
     calcium_evidence,
+    calcium_kind,
     calcium_label,
     calcium_lines,
     calcium_text,
@@ -75,8 +76,11 @@ from .thresholds import (
 )
 
 PV = (PATIENT_VIEW,)
-ALBUMIN, IONIZED, CALCIUM, PHOSPHATE, PTH = "1751-7", "1994-3", "17861-6", "2777-1", "2731-8"
-ALP, VITD25, VITD125, POTASSIUM = "6768-6", "62292-8", "62290-2", "2823-3"
+# The LOINC codes the cards suggest ordering, by lab kind: fhir_mappings/labs.toml is their one source.
+ALBUMIN, IONIZED, CALCIUM, PHOSPHATE, PTH = (ORDER_CODE[k] for k in (
+    "lab-albumin", "lab-calcium-ionized", "lab-calcium-total", "lab-phosphate", "lab-pth"))
+ALP, VITD25, VITD125, POTASSIUM = (ORDER_CODE[k] for k in (
+    "lab-alp", "lab-vitamin-d-25oh", "lab-vitamin-d-125", "lab-potassium"))
 CKD_G4_PLUS = ("G4", "G5", "G5D")
 
 
@@ -136,7 +140,9 @@ def _keep(*items: SuggestionSpec | None) -> list[SuggestionSpec]:
 # --- R01 ------------------------------------------------------------------------------------------------
 
 
-@rule("caxp-high", "R01", PV, fields={"caxp", "drawn"}, version="0.2.0")
+@rule("caxp-high", "R01", PV, fields={"caxp", "drawn"}, version="0.2.0", silent_for_infants=True, hosts_r03=True,
+      folds=("caxp-above-target", "hyperphosphatemia", "hyperparathyroid-pattern", "hypercalcemia", "albumin-needed",
+             "pth-high"))
 def caxp_high(ctx: RuleContext) -> Finding | None:
     """R01: Ca x P > 70 mg2/dL2 (strict), pair <= 90 days; warning <= 30 days, info 31-90."""
     s = ctx.state
@@ -184,7 +190,8 @@ def caxp_high(ctx: RuleContext) -> Finding | None:
 # --- R02 ------------------------------------------------------------------------------------------------
 
 
-@rule("caxp-above-target", "R02", PV, fields={"caxp", "drawn", "stage"}, version="0.2.0")
+@rule("caxp-above-target", "R02", PV, fields={"caxp", "drawn", "stage"}, version="0.2.0", silent_for_infants=True,
+      folds=("hyperphosphatemia",), hosts_r03=True)
 def caxp_above_target(ctx: RuleContext) -> Finding | None:
     """R02: 55 <= Ca x P <= 70 in CKD G3-G5D, age >= 13, pair <= 90 days -> info."""
     s = ctx.state
@@ -216,26 +223,27 @@ def caxp_above_target(ctx: RuleContext) -> Finding | None:
 # --- R03 ------------------------------------------------------------------------------------------------
 
 
-@rule("mineral-labs-due", "R03", PV, fields={"group", "missing_labs", "window"}, version="0.2.0")
+@rule("mineral-labs-due", "R03", PV, fields={"group", "missing_labs", "window"}, version="0.2.0",
+      silent_for_infants=True)
 def mineral_labs_due(ctx: RuleContext) -> Finding | None:
     """R03: at-risk patient with no Ca or P (or PTH in G4-G5D) within the KDIGO-based window."""
     s = ctx.state
-    windows: list[tuple[str, int, int | None]] = []
+    windows: list[tuple[Markdown, int, int | None]] = []
     stage_window = R03_WINDOWS.get(s.ckd_stage or "")
     if stage_window is not None:
         cap, pth_window = stage_window
         windows.append((stage_label(s), cap, pth_window))
     if s.tls_active:
-        windows.append((text("group_tls"), R03_ACUTE_CAP_DAYS, None))
+        windows.append((Text.of("group_tls"), R03_ACUTE_CAP_DAYS, None))
     if s.calciphylaxis_dx:
         # §8 C12: 7 days only while the diagnosis is recent (onset <= 90 days); later the stage window, else 90.
         recent = s.calciphylaxis_onset is not None and s.now - s.calciphylaxis_onset <= timedelta(
             days=R03_CALCIPHYLAXIS_RECENT_DAYS)
         days = R03_ACUTE_CAP_DAYS if recent else (stage_window[0] if stage_window else R03_CALCIPHYLAXIS_DAYS)
-        windows.append((text("group_calciphylaxis"), days, None))
+        windows.append((Text.of("group_calciphylaxis"), days, None))
     if s.calcinosis_cutis_dx and not s.in_stage(*CKD_G4_PLUS):
         # §8 C12: dystrophic calcinosis has normal mineral metabolism; one check in a year suffices.
-        windows.append((text("group_calcinosis_cutis"), R03_CALCINOSIS_CUTIS_DAYS, None))
+        windows.append((Text.of("group_calcinosis_cutis"), R03_CALCINOSIS_CUTIS_DAYS, None))
     if not windows:
         return None
     group, cap_days, _ = min(windows, key=lambda w: w[1])
@@ -257,9 +265,9 @@ def mineral_labs_due(ctx: RuleContext) -> Finding | None:
     if pth_missing:
         labs.append(PTH)
     window: int = cap_days
-    missing_labs = text("missing_ca_p")
+    missing_labs = Text.of("missing_ca_p")
     if not cap_missing:
-        missing_labs, window = "PTH", pth_days or cap_days
+        missing_labs, window = Text.of("missing_pth_lab"), pth_days or cap_days
     return Finding(
         rule_id="mineral-labs-due",
         indicator="info",
@@ -278,19 +286,19 @@ def mineral_labs_due(ctx: RuleContext) -> Finding | None:
 # --- R04 ------------------------------------------------------------------------------------------------
 
 
-def threshold_text(cal: CalciumStatus) -> str:
+def threshold_text(cal: CalciumStatus) -> Text:
     """The limit that made the calcium high, in the measurand's own terms (§8 C9: ionized stays ionized)."""
     if cal.basis == "ionized":
         limit = cal.high_limit / CA_MG_PER_MMOL
-        source = text("limit_ionized_default") if cal.result.ref_high is None else text("limit_lab")
-        return text("threshold_ionized", limit=f"{limit:.2f}", source=source)
+        source = Text.of("limit_ionized_default") if cal.result.ref_high is None else Text.of("limit_lab")
+        return Text.of("threshold_ionized", limit=f"{limit:.2f}", source=source)
     if cal.high_limit != HYPERCALCEMIA_MG_DL:
-        return text("threshold_child", limit=num(cal.high_limit))
-    return text("threshold_total", kind=calcium_label(cal).lower())
+        return Text.of("threshold_child", limit=num(cal.high_limit))
+    return Text.of("threshold_total", kind=calcium_kind(cal))
 
 
 @rule("hypercalcemia", "R04", PV, fields={"ca_label", "ca_text", "alb", "severity", "drawn", "threshold"},
-      version="0.2.0")
+      version="0.2.0", folds=("albumin-needed",))   # not silent for infants: it checks total Ca >= 12.0 itself
 def hypercalcemia(ctx: RuleContext) -> Finding | None:
     """R04: hypercalcemia on a result <= 30 days (ionized <= 72 h); warning if >= 12 mg/dL."""
     s = ctx.state
@@ -324,7 +332,7 @@ def hypercalcemia(ctx: RuleContext) -> Finding | None:
             "ca_label": calcium_label(cal),
             "ca_text": calcium_text(cal),
             "alb": num(cal.albumin.value) if cal.albumin else "",
-            "severity": text("hypercalcemia_" + cal.grade),
+            "severity": Text.of("hypercalcemia_" + cal.grade),
             "threshold": threshold_text(cal),
             "drawn": drawn_text(s.now, cal.time),
             "values_md": bullets("values_heading", calcium_lines(cal, s.now)),
@@ -375,7 +383,7 @@ def low_calcium_near(state: PatientState, p: LabResult) -> LabResult | None:
     return total if total is not None and total.below(HYPOCALCEMIA_MG_DL) else None
 
 
-@rule("hyperphosphatemia", "R05", PV, fields={"p", "stage", "drawn"}, version="0.2.0")
+@rule("hyperphosphatemia", "R05", PV, fields={"p", "stage", "drawn"}, version="0.2.0", silent_for_infants=True)
 def hyperphosphatemia(ctx: RuleContext) -> Finding | None:
     """R05: hyperphosphatemia on a current result (<= 30 d), reported whenever R01/R02 did not fire.
 
@@ -426,7 +434,8 @@ def hyperphosphatemia(ctx: RuleContext) -> Finding | None:
 # --- R06 ------------------------------------------------------------------------------------------------
 
 
-@rule("pth-high", "R06", PV, fields={"pth", "multiple", "stage", "ca_text"}, version="0.2.0")
+@rule("pth-high", "R06", PV, fields={"pth", "multiple", "stage", "ca_text"}, version="0.2.0",
+      silent_for_infants=True)
 def pth_high(ctx: RuleContext) -> Finding | None:
     """R06: PTH > 9 x ULN in G5D (<= 180 d), or PTH > ULN / HPT condition with hypercalcemia."""
     s = ctx.state
@@ -469,7 +478,7 @@ def pth_high(ctx: RuleContext) -> Finding | None:
 class Mineral:
     """An R07 mineral abnormality: summary words, detail line and evidence."""
 
-    words: str
+    words: Markdown
     line: Markdown
     evidence: list[dict[str, Any]]
 
@@ -482,24 +491,51 @@ def calciphylaxis_minerals(s: PatientState) -> list[Mineral]:
     minerals: list[Mineral] = []
     pair = usable_pair(s)
     if pair is not None and pair.exceeds(CAXP_SEED_THRESHOLD):
-        minerals.append(Mineral(f"Ca x P {caxp_text(pair)}", Phrase.of("mineral_caxp", value=caxp_text(pair)),
+        caxp = caxp_text(pair)
+        minerals.append(Mineral(Text.of("words_caxp", value=caxp), Phrase.of("mineral_caxp", value=caxp),
                                 pair_evidence(pair)))
     cal = s.calcium
     if cal is not None and current_hypercalcemia(s, DOWNWEIGHT_DAYS):
-        minerals.append(Mineral(text("hypercalcemia"), Phrase.of("mineral_calcium", value=calcium_text(cal)),
+        minerals.append(Mineral(Text.of("hypercalcemia"), Phrase.of("mineral_calcium", value=calcium_text(cal)),
                                 calcium_evidence(cal)))
     p = s.phosphate
     if p is not None and s.fresh(p, DOWNWEIGHT_DAYS) and s.phosphate_above_g5_target():
         value = shown(p.value, PHOSPHATE_TARGET_G5_MG_DL)
-        minerals.append(Mineral(f"P {value} mg/dL", Phrase.of("mineral_phosphate", value=value),
+        minerals.append(Mineral(Text.of("words_p_mg", value=value), Phrase.of("mineral_phosphate", value=value),
                                 [evidence("phosphate", p)]))
     if s.pth is not None and s.fresh(s.pth, PTH_CURRENT_DAYS) and s.pth_marked():
-        minerals.append(Mineral(f"PTH {num(s.pth.value)} pg/mL", Phrase.of("mineral_pth", value=num(s.pth.value)),
+        pth = num(s.pth.value)
+        minerals.append(Mineral(Text.of("words_pth", value=pth), Phrase.of("mineral_pth", value=pth),
                                 [evidence("pth", s.pth)]))
     return minerals
 
 
-@rule("calciphylaxis-risk", "R07", PV, fields={"renal", "mineral", "cofactors"}, version="0.2.0")
+WARFARIN_COFACTOR = "co_warfarin"  # R07: warfarin alone suffices; otherwise two of the other co-factors
+
+
+def calciphylaxis_cofactors(s: PatientState) -> list[tuple[Text, Markdown]]:
+    """R07's co-factors present in ``s``: (summary words keyed by co-factor, detail line), warfarin first.
+
+    One list for the rule and for the governance values the what-if simulator counts (issue 19 item 2).
+    """
+    cofactors: list[tuple[Text, Markdown]] = []
+    if s.on_warfarin:
+        cofactors.append((Text.of(WARFARIN_COFACTOR), Phrase.of("co_warfarin_detail")))
+    if s.obese:
+        cofactors.append((Text.of("co_obesity"), Phrase.of("co_obesity_detail")))
+    if s.diabetes:
+        cofactors.append((Text.of("co_diabetes"), Phrase.of("co_diabetes_detail")))
+    if s.female:
+        cofactors.append((Text.of("co_female"), Phrase.of("co_female_detail")))
+    if s.hypoalbuminemia and s.albumin is not None:
+        cofactors.append((Text.of("co_albumin"), Phrase.of("co_albumin_detail", value=num(s.albumin.value))))
+    if s.facts.has_medication("med-oral-calcium") and s.facts.has_medication("med-active-vitamin-d"):
+        cofactors.append((Text.of("co_binder_vitd"), Phrase.of("co_binder_vitd_detail")))
+    return cofactors
+
+
+@rule("calciphylaxis-risk", "R07", PV, fields={"renal", "mineral", "cofactors"}, version="0.2.0",
+      silent_for_infants=True, folds=("pth-high",), fold_priority=1, hosts_r03=True)  # takes PTH before R01 does
 def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
     """R07: (G5D/G5/kidney transplant) + mineral abnormality + (warfarin or >= 2 co-factors).
 
@@ -511,25 +547,13 @@ def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
     minerals = calciphylaxis_minerals(s)
     if not minerals:
         return None
-    cofactors: list[tuple[str, Markdown]] = []
-    if s.on_warfarin:
-        cofactors.append((text("co_warfarin"), Phrase.of("co_warfarin_detail")))
-    if s.obese:
-        cofactors.append((text("co_obesity"), Phrase.of("co_obesity_detail")))
-    if s.diabetes:
-        cofactors.append((text("co_diabetes"), Phrase.of("co_diabetes_detail")))
-    if s.female:
-        cofactors.append((text("co_female"), Phrase.of("co_female_detail")))
-    if s.hypoalbuminemia and s.albumin is not None:
-        cofactors.append((text("co_albumin"), Phrase.of("co_albumin_detail", value=num(s.albumin.value))))
-    if s.facts.has_medication("med-oral-calcium") and s.facts.has_medication("med-active-vitamin-d"):
-        cofactors.append((text("co_binder_vitd"), Phrase.of("co_binder_vitd_detail")))
-    others = [c for c in cofactors if c[0] != text("co_warfarin")]
+    cofactors = calciphylaxis_cofactors(s)
+    others = [c for c in cofactors if c[0].key != WARFARIN_COFACTOR]
     if not (s.on_warfarin or len(others) >= 2):
         return None
     # §8 C5: "dialysis" only with dialysis evidence; an ESRD code alone reads "ESRD".
-    renal = text("renal_dialysis") if s.on_dialysis else (
-        stage_label(s) if s.in_stage("G5", "G5D") else text("renal_kidney_tx"))
+    renal = Text.of("renal_dialysis") if s.on_dialysis else (
+        stage_label(s) if s.in_stage("G5", "G5D") else Text.of("renal_kidney_tx"))
     need = [] if s.latest("lab-pth", days=PTH_CURRENT_DAYS) else [PTH]
     if s.albumin is None or not s.fresh(s.albumin, CURRENT_DAYS):
         need.append(ALBUMIN)
@@ -539,7 +563,7 @@ def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
         fields={
             "renal": renal,
             "mineral": minerals[0].words,
-            "cofactors": ", ".join(c[0] for c in cofactors),
+            "cofactors": joined(", ", (c[0] for c in cofactors)),
             "values_md": bullets("mineral_heading", [m.line for m in minerals]),
             "factors_md": Phrase.of("cofactor_line", items=joined("; ", (c[1] for c in cofactors))),
             "note_md": Phrase.of("calciphylaxis_note"),   # the warfarin-in-CTD note is on the rule page
@@ -558,7 +582,7 @@ def calciphylaxis_risk(ctx: RuleContext) -> Finding | None:
 # --- R14 ------------------------------------------------------------------------------------------------
 
 
-@rule("vitamin-d-excess", "R14", PV, fields={"vitd", "ca_text", "drawn"}, version="0.2.0")
+@rule("vitamin-d-excess", "R14", PV, fields={"vitd", "ca_text", "drawn"}, version="0.2.0", silent_for_infants=True)
 def vitamin_d_excess(ctx: RuleContext) -> Finding | None:
     """R14: 25-OH D >= 150 ng/mL (warning), >= 80 with hypercalcemia (warning), >= 80 alone (info)."""
     s = ctx.state
@@ -609,7 +633,7 @@ def tumor_lysis(ctx: RuleContext) -> Finding | None:
         rule_id="tumor-lysis",
         indicator="info",
         fields={
-            "tls_basis": text("tls_dx") if "diagnosis" in s.tls_reason else text("tls_labs"),
+            "tls_basis": Text.of("tls_dx") if "diagnosis" in s.tls_reason else Text.of("tls_labs"),
             "values_md": bullets("values_heading", [value_line(r, s.now) for r in recent]),
             "note_md": Phrase.of("tls_reason", reason=s.tls_reason),
         },
@@ -639,7 +663,7 @@ def connective_tissue_disease(ctx: RuleContext) -> Finding | None:
                 rule_id="connective-tissue-disease",
                 indicator="info",
                 fields={
-                    "ctd": text(key),
+                    "ctd": Text.of(key),
                     "values_md": bullets("conditions_heading",
                                               [Phrase.of("condition_line", name=c.display or c.code, code=c.code)
                                                for c in found]),
@@ -714,29 +738,31 @@ def tumoral_calcinosis(ctx: RuleContext) -> Finding | None:
 # --- R20 ------------------------------------------------------------------------------------------------
 
 
-@rule("documented-calcinosis", "R20", PV, fields={"dx", "abnormality"}, version="0.2.0")
+@rule("documented-calcinosis", "R20", PV, fields={"dx", "abnormality"}, version="0.2.0", silent_for_infants=True)
 def documented_calcinosis(ctx: RuleContext) -> Finding | None:
     """R20: documented calciphylaxis / calcinosis cutis + a current mineral abnormality -> warning."""
     s = ctx.state
     if not (s.calciphylaxis_dx or s.calcinosis_cutis_dx):
         return None
-    found: list[tuple[str, list[dict[str, Any]]]] = []
+    found: list[tuple[Markdown, list[dict[str, Any]]]] = []
     pair = usable_pair(s, CURRENT_DAYS)
     if pair is not None and pair.exceeds(CAXP_KDOQI_TARGET):
-        found.append((f"Ca x P {caxp_text(pair)}", pair_evidence(pair)))
+        found.append((Text.of("words_caxp", value=caxp_text(pair)), pair_evidence(pair)))
     cal = s.calcium
     if cal is not None and current_hypercalcemia(s):
-        found.append((f"{text('hypercalcemia')} ({calcium_text(cal)})", calcium_evidence(cal)))
+        found.append((Text.of("named_value", name=Text.of("hypercalcemia"), value=calcium_text(cal)),
+                      calcium_evidence(cal)))
     p = s.phosphate
     if p is not None and s.fresh(p, CURRENT_DAYS) and s.phosphate_high():
-        found.append((f"{text('hyperphosphatemia')} (P {num(p.value)} mg/dL)", [evidence("phosphate", p)]))
+        found.append((Text.of("named_value", name=Text.of("hyperphosphatemia"),
+                              value=Text.of("words_p_mg", value=num(p.value))), [evidence("phosphate", p)]))
     if s.pth and s.in_stage("G5D") and s.fresh(s.pth, PTH_CURRENT_DAYS) and s.pth_marked():
-        found.append((f"PTH {num(s.pth.value)} pg/mL", [evidence("pth", s.pth)]))
+        found.append((Text.of("words_pth", value=num(s.pth.value)), [evidence("pth", s.pth)]))
     if not found:
         return None
     # §8 C4: each diagnosis is named for what it is; calcinosis cutis is never called calciphylaxis.
-    dx = " and ".join(text(key) for key, present in (("dx_calciphylaxis", s.calciphylaxis_dx),
-                                                     ("dx_calcinosis", s.calcinosis_cutis_dx)) if present)
+    dx = joined(" and ", (Text.of(key) for key, present in (("dx_calciphylaxis", s.calciphylaxis_dx),
+                                                        ("dx_calcinosis", s.calcinosis_cutis_dx)) if present))
     meds = [m.name for m in s.facts.medications
             if m.classes & {"med-oral-calcium", "med-vitamin-d", "med-active-vitamin-d", "med-iv-calcium"}]
     return Finding(
@@ -759,7 +785,7 @@ def documented_calcinosis(ctx: RuleContext) -> Finding | None:
 # --- R22 ------------------------------------------------------------------------------------------------
 
 
-@rule("hyperparathyroid-pattern", "R22", PV, fields={"ca_text", "p"}, version="0.2.0")
+@rule("hyperparathyroid-pattern", "R22", PV, fields={"ca_text", "p"}, version="0.2.0", silent_for_infants=True)
 def hyperparathyroid_pattern(ctx: RuleContext) -> Finding | None:
     """R22: within 7 days Ca > 10.2 (total/corrected), ALP > lab ULN, P < LLN; no PTH in 30 days."""
     s = ctx.state
@@ -793,7 +819,7 @@ def hyperparathyroid_pattern(ctx: RuleContext) -> Finding | None:
 # --- R23 ------------------------------------------------------------------------------------------------
 
 
-@rule("albumin-needed", "R23", PV, fields={"ca_text", "direction"}, version="0.2.0")
+@rule("albumin-needed", "R23", PV, fields={"ca_text", "direction"}, version="0.2.0", silent_for_infants=True)
 def albumin_needed(ctx: RuleContext) -> Finding | None:
     """R23: latest total Ca (<= 30 d) outside the lab range (default 8.4-10.2) with no albumin or
     ionized calcium within 24 h -> info."""
@@ -811,7 +837,7 @@ def albumin_needed(ctx: RuleContext) -> Finding | None:
         indicator="info",
         fields={
             "ca_text": f"{num(ca.value)} mg/dL",
-            "direction": text("direction_" + direction),
+            "direction": Text.of("direction_" + direction),
             "values_md": bullets("values_heading", [value_line(ca, s.now)]),
         },
         evidence=[evidence("calcium", ca)],

@@ -13,8 +13,10 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from fhir_mappings.facts import ConditionFact, LabResult, PatientFacts, ProcedureFact, SetAside, Skipped
+from fhir_mappings.labs import ANALYTE_LABEL, KIND_LABEL
 from fhir_mappings.pairing import CaPPair, best_pair
 
 from .thresholds import (
@@ -91,9 +93,8 @@ class CalciumStatus:
         return self.grade in ("moderate", "severe")
 
 
-@dataclass(frozen=True)
-class DialysisSession:
-    """One dated dialysis Procedure (§8.0 procedure dates)."""
+class DialysisSession(NamedTuple):
+    """One dated dialysis Procedure (§8.0 procedure dates); a named tuple: built for every session of every call."""
 
     start: datetime
     end: datetime
@@ -283,13 +284,15 @@ def dialysis_sessions(procedures: Iterable[ProcedureFact]) -> list[DialysisSessi
 POST_DIALYSIS_REASON = "drawn during or within 6 h after a haemodialysis session"
 
 
-def set_aside_post_dialysis(facts: PatientFacts) -> PatientFacts:
+def set_aside_post_dialysis(facts: PatientFacts, sessions: Sequence[DialysisSession] | None = None) -> PatientFacts:
     """Remove results drawn from the start of an intermittent session to 6 h after its end (§8.0, §8 C18).
 
     O((labs + sessions) log sessions): sessions sorted by start with a running maximum of their window ends, so
     each result is one bisection. The removed results are named in ``set_aside`` (cards) and ``skipped`` (audit).
     """
-    windows = [(s.start, s.end + POST_DIALYSIS_WINDOW) for s in dialysis_sessions(facts.procedures) if s.intermittent]
+    if sessions is None:  # derive_states passes the sessions it has already built
+        sessions = dialysis_sessions(facts.procedures)
+    windows = [(s.start, s.end + POST_DIALYSIS_WINDOW) for s in sessions if s.intermittent]
     if not windows or not facts.labs:
         return facts
     starts = [w[0] for w in windows]
@@ -314,16 +317,12 @@ def set_aside_post_dialysis(facts: PatientFacts) -> PatientFacts:
                    skipped=facts.skipped + tuple(dict.fromkeys(skipped)))
 
 
-_LABELS = {"calcium": "Calcium", "phosphate": "Phosphate", "albumin": "Albumin", "pth": "PTH",
-           "potassium": "Potassium", "magnesium": "Magnesium", "egfr": "eGFR", "creatinine": "Creatinine",
-           "urate": "Urate", "alp": "Alkaline phosphatase", "bicarbonate": "Bicarbonate",
-           "vitamin_d_25oh": "25-OH vitamin D", "vitamin_d_125": "1,25-(OH)2 vitamin D"}
-
-
 def _label(lab: LabResult) -> str:
+    # A post-dialysis sample is named by its analyte ("Calcium" for a total, blood or corrected calcium), ionized
+    # calcium by its kind; both names come from fhir_mappings/labs.toml (issue 17 item 4).
     if lab.kind == "lab-calcium-ionized":
-        return "Ionized calcium"
-    return _LABELS.get(lab.analyte, lab.analyte)
+        return KIND_LABEL[lab.kind]
+    return ANALYTE_LABEL.get(lab.analyte, lab.analyte)
 
 
 def _reported(lab: LabResult) -> str:
@@ -476,7 +475,7 @@ def _parathyroidectomy(facts: PatientFacts) -> ProcedureFact | None:
 def derive_states(facts: PatientFacts) -> PatientState:
     """Compute every section 2.7 / §8 state from ``facts`` (post-dialysis samples are set aside first)."""
     sessions = dialysis_sessions(facts.procedures)
-    facts = set_aside_post_dialysis(facts)
+    facts = set_aside_post_dialysis(facts, sessions)
     now = facts.now
     age = facts.age_years()
     renal = _renal(facts)

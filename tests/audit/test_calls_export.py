@@ -261,13 +261,13 @@ def test_unauthenticated_requests_are_counted_and_never_chained(database: Databa
 def test_request_ms_is_measured_from_the_edge(database: Database, prod_app: Flask, signer: Signer,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Time spent before the evaluation (here a slow body read) is in request_ms and not in duration_ms."""
-    original = api.read_json_body
+    original = api.read_hook_body
 
     def slow_read(request: Any) -> Any:
         time.sleep(0.05)
         return original(request)
 
-    monkeypatch.setattr(api, "read_json_body", slow_read)
+    monkeypatch.setattr(api, "read_hook_body", slow_read)
     body = _call("p-slow", healthy_adult("p-slow"))
     assert _post(prod_app.test_client(), signer, body).status_code == 200
     result = _cli(database, "audit", "export", "--calls", "--format", "ndjson", "--patient", "p-slow")

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cards.ages import age_text, patient_age_text
+from cards.blocks import to_markdown
 from cds_service.rules.base import drawn_text
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
@@ -37,9 +38,9 @@ def test_one_day_never_appears() -> None:
 
 
 def test_cards_use_the_same_wording() -> None:
-    """The rules' ``drawn`` text is the shared function's, not a second formatter."""
-    assert drawn_text(NOW, NOW - timedelta(hours=22)) == "drawn 22 h ago"
-    assert drawn_text(NOW, NOW - timedelta(days=3, hours=1)) == "drawn 3 days ago"
+    """The rules' ``drawn`` text is the shared function's, not a second formatter (cards word the rules' ``Age``)."""
+    assert to_markdown(drawn_text(NOW, NOW - timedelta(hours=22))) == "drawn 22 h ago"
+    assert to_markdown(drawn_text(NOW, NOW - timedelta(days=3, hours=1))) == "drawn 3 days ago"
 
 
 @pytest.mark.parametrize(("years", "expected"), [

@@ -1,25 +1,29 @@
-"""The issue #7 fast paths of the extraction give exactly the answers of the general, lenient code.
+"""One typed extraction (issue 18): the typed reading, the tolerant reading and the lenient answers agree.
 
-``test_extract_equivalence.py`` pins whole answers against the code before the speed-ups on fixed inputs; this
-file throws randomly damaged resources at the fast paths and compares them with the general code they short-cut
-(the reference extractor below takes the general path for every resource).
+``test_extract_equivalence.py`` pins whole answers against the lenient dict reading before issue 18 on every golden
+case. Here every golden case is read twice more: with every resource forced through tolerant mode (a misfit the
+rules never read is planted in each, so ``wire.read`` takes its removal loop) and with every resource decoded from
+JSON bytes straight into the typed Structs, as the edge does; both must give exactly the facts of the dict reading.
+The rest of the file pins the issue #7 constructors, memos and lookups the extraction relies on.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
-from unittest import mock
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fhir_mappings.extract as extract_module
-from fhir_mappings.extract import _UNPARSED, _Extractor, extract
+from cds_service.engine import _as_list
+from fhir_mappings import wire
+from fhir_mappings.extract import extract
 from fhir_mappings.facts import (
     ConditionFact,
     LabResult,
@@ -32,30 +36,73 @@ from fhir_mappings.facts import (
 from fhir_mappings.valuesets import LAB_VALUESETS, LOINC, CodeIndex, _add_valueset, _text_matcher, default_index
 
 from .builders import NOW, cond, obs, patient, proc, when
+from .golden_cases import GoldenCase, golden_cases
 from .test_extract_equivalence import plain
 
-
-class _Reference(_Extractor):
-    """Every resource through the general code: no single-coding lookup, no typical-shape lab reading, no reuse
-    of the previous procedure's concept."""
-
-    def observation(self, obs: Any) -> None:
-        self._observation_codes(obs, obs.get("code"))
-
-    def _lab(self, obs: Any, code: str, kinds: tuple[str, ...]) -> None:
-        self._lab_lenient(obs, code, kinds)
-
-    def procedure(self, proc: Any) -> None:
-        self._last_procedure_concept = _UNPARSED
-        super().procedure(proc)
+_CASES = golden_cases()
 
 
-def _facts(resources: list[Any], reference: bool, **kw: Any) -> Any:
-    resources = copy.deepcopy(resources)
-    if reference:
-        with mock.patch.object(extract_module, "_Extractor", _Reference):
-            return plain(extract(patient(60), resources, NOW, default_index(), **kw))
-    return plain(extract(patient(60), resources, NOW, default_index(), **kw))
+def _facts(case: GoldenCase, resources: list[Any]) -> Any:
+    patient = case.patient if isinstance(case.patient, dict) else None
+    options = case.options.get("include_preliminary", False)
+    return extract(patient, resources, case.now, default_index(), include_preliminary=options)
+
+
+def _with_misfit(resource: Any) -> Any:
+    """The resource with ``meta`` of the wrong type: no rule reads it, so only the reading mode changes."""
+    if isinstance(resource, dict) and resource.get("resourceType") in wire.RESOURCE_TYPES:
+        return {**resource, "meta": "not an object"}
+    return resource
+
+
+@pytest.mark.parametrize("case", _CASES, ids=[c.case_id for c in _CASES])
+def test_tolerant_reading_gives_the_facts_of_the_typed_reading(case: GoldenCase) -> None:
+    resources = _as_list(case.resources)
+    expected = _facts(case, copy.deepcopy(resources))
+    forced = _facts(case, [_with_misfit(r) for r in copy.deepcopy(resources)])
+    assert plain(forced) == plain(expected)
+    readable = [r for r in resources if isinstance(r, dict) and r.get("resourceType") in wire.RESOURCE_TYPES]
+    unreadable = [s for s in forced.skipped if s.reason == "malformed (does not fit the FHIR shape)"]
+    assert len(forced.tolerant_reads()) == len(readable) - len(unreadable)  # each one recorded as such
+
+def _decoded(resource: Any) -> Any:
+    """The resource decoded from JSON bytes into its Struct as the edge does; as a dict when it does not fit."""
+    try:
+        return msgspec.json.decode(json.dumps(resource).encode(), type=wire.AnyResource)
+    except (msgspec.ValidationError, TypeError, ValueError):
+        return resource
+
+
+@pytest.mark.parametrize("case", _CASES, ids=[c.case_id for c in _CASES])
+def test_structs_decoded_from_bytes_give_the_facts_of_the_dicts(case: GoldenCase) -> None:
+    resources = _as_list(case.resources)
+    expected = _facts(case, copy.deepcopy(resources))
+    typed = [_decoded(r) for r in resources]
+    assert plain(_facts(case, typed)) == plain(expected)
+
+
+def test_the_typical_shapes_fit_the_typed_reading() -> None:
+    """The section 5 and synthetic records never need the tolerant mode: it is for misfits only."""
+    typical = [c for c in _CASES if c.case_id.startswith(("synth", "TP"))]
+    assert len(typical) > 20
+    for case in typical:
+        assert _facts(case, copy.deepcopy(_as_list(case.resources))).tolerant_reads() == (), case.case_id
+
+
+def test_tolerant_mode_removes_only_the_misfits_and_says_what_was_found() -> None:
+    obs = {"resourceType": "Observation", "id": "o", "status": "final", "valueQuantity": {"value": "9.4"},
+           "code": {"coding": [None, 5, {"system": LOINC, "code": "17861-6"}]}, "referenceRange": [{"low": 10 ** 400}]}
+    before = copy.deepcopy(obs)
+    typed, misfits = wire.read(wire.Observation, obs)
+    assert obs == before  # the caller's data is not changed
+    assert misfits == {"$.valueQuantity.value": "str", "$.code.coding[1]": "int", "$.referenceRange[0].low": "int"}
+    assert typed.code == wire.CodeableConcept(coding=[None, None, wire.Coding(LOINC, "17861-6")])
+    assert typed.status == "final"
+    assert typed.id == "o"
+    with pytest.raises(wire.Unreadable):
+        wire.read(wire.Observation, {"resourceType": "Condition"})
+    with pytest.raises(wire.Unreadable):
+        wire.read(wire.Observation, "not an object")
 
 
 # --- random damage to typical resources ---------------------------------------------------------------------
@@ -131,23 +178,28 @@ def _templates() -> list[dict[str, Any]]:
 _TEMPLATES = _templates()
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _bytes_typed(resource: dict[str, Any]) -> Any:
+    """The resource as the edge hands it over: decoded from JSON into its Struct, or the JSON dict if it does not
+    fit (extraction then reads the dict through the tolerant mode)."""
+    data = json.dumps(resource).encode()
+    try:
+        return msgspec.json.decode(data, type=wire.AnyResource)
+    except msgspec.ValidationError:
+        return json.loads(data)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(*[_damaged(t) for t in _TEMPLATES]), min_size=1, max_size=6), st.booleans())
-def test_fast_paths_answer_like_the_general_code(resources: list[dict[str, Any]], preliminary: bool) -> None:
+def test_damaged_resources_read_alike_from_bytes_and_from_dicts(resources: list[dict[str, Any]],
+                                                               preliminary: bool) -> None:
+    """Decoding JSON into the Structs and converting a dict into them (tolerant mode for misfits) read every
+    damaged shape alike: the edge's typed reading and the dict reading give the same facts."""
     resources = resources + copy.deepcopy(resources[:2])  # repeats: the procedure reuse and the memos
-    assert _facts(resources, False, include_preliminary=preliminary) == _facts(
-        resources, True, include_preliminary=preliminary)
-
-
-def test_reference_extractor_really_takes_the_general_path() -> None:
-    resources = _TEMPLATES
-    with mock.patch.object(_Extractor, "_lab_lenient") as lenient:
-        extract(patient(60), copy.deepcopy(resources), NOW, default_index())
-    lenient.assert_not_called()  # the typical shapes never need the lenient reading
-    with mock.patch.object(extract_module, "_Extractor", _Reference):
-        facts = extract(patient(60), copy.deepcopy(resources), NOW, default_index())
-    assert len(facts.labs) == 5
-    assert len(facts.procedures) == 2
+    from_dicts = extract(patient(60), copy.deepcopy(resources), NOW, default_index(),
+                         include_preliminary=preliminary)
+    from_bytes = extract(patient(60), [_bytes_typed(r) for r in resources], NOW, default_index(),
+                         include_preliminary=preliminary)
+    assert plain(from_bytes) == plain(from_dicts)
 
 
 # --- fast constructors -------------------------------------------------------------------------------------------

@@ -2,24 +2,39 @@
 
 A test-only rule is registered through the public registry with a template of its own; it fires, renders, is
 recorded with its own version in what the audit keeps, and the start-up content check sees it; then it is removed.
-The start-up check also refuses a rule reading an unknown engine option and a rule without a template.
+The start-up check also refuses a rule reading an unknown engine option and a rule without a template. How its card
+meets the others (silent for infants, cards it folds, R03's lab reminder it hosts: section 2.9, §8 C11) is declared
+in its registration too, and takes effect with no list edited anywhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
-from cards.render import add_rule_template, remove_rule_template
+import cds_service.rules as rules_package
+from cards.render import add_rule_template, remove_rule_template, templates
 from cds_service.engine import check_content
 from cds_service.hook_handler import hook_call_record
-from cds_service.rules import RULES, Finding, RuleContext, order_rule_ids, register, rule, unregister
+from cds_service.rules import (
+    RULES,
+    Finding,
+    RuleContext,
+    fold_hosts,
+    order_rule_ids,
+    r03_hosts,
+    register,
+    rule,
+    unregister,
+)
 from cds_service.rules.base import ORDER_HOOKS, PATIENT_VIEW, RuleDef
 
-from .builders import card, outcome, run
-from .patients import tp01
+from .builders import card, infant, outcome, run
+from .patients import tp01, tp05
 
 TEST_RULE = "test-phosphate-seen"
 TEST_TEMPLATE = {
@@ -127,3 +142,75 @@ def test_order_rules_come_from_the_registry() -> None:
 
 def test_every_rule_declares_its_own_version() -> None:
     assert all(d.version for d in RULES.values())
+
+
+# --- how a card meets the others, declared in the registration (section 2.9, §8 C11) ------------------------------
+
+
+@contextmanager
+def registered(**declared: Any) -> Iterator[None]:
+    """The test rule registered with ``declared`` attributes, its template showing what it folded."""
+    rule(TEST_RULE, "T01", {PATIENT_VIEW}, fields={"p"}, version="1", **declared)(_phosphate_seen)
+    add_rule_template(TEST_RULE, {**TEST_TEMPLATE, "detail": TEST_TEMPLATE["detail"] + "\n\n{folded_md}"})
+    try:
+        yield
+    finally:
+        unregister(TEST_RULE)
+        remove_rule_template(TEST_RULE)
+
+
+def test_a_rule_declared_silent_for_infants_does_not_run_under_one_year() -> None:
+    case = tp01()
+    with registered():
+        assert (TEST_RULE, "info") in outcome(run(infant(6), case["resources"]))
+    with registered(silent_for_infants=True):
+        assert check_content() == []
+        result = run(infant(6), case["resources"])
+        assert TEST_RULE not in {r for r, _v in result.rules_evaluated}
+        assert outcome(result) == []
+        assert (TEST_RULE, "info") in outcome(run(case["patient"], case["resources"]))   # adults: it runs
+
+
+def test_a_rule_declaring_folds_absorbs_that_card() -> None:
+    case = tp01()
+    alone = card(run(case["patient"], case["resources"]), "caxp-high")
+    with registered(folds=("caxp-high",), fold_priority=9):
+        assert check_content() == []
+        assert fold_hosts()[0].rule_id == TEST_RULE      # the highest priority folds first
+        result = run(case["patient"], case["resources"])
+        shown = {r for r, _i in outcome(result)}
+        # The caxp-high card is gone into the test card; what caxp-high itself would have folded or hosted
+        # (hyperphosphatemia, the R03 reminder) now stands alone, as the declarations say.
+        assert TEST_RULE in shown
+        assert "caxp-high" not in shown
+        host = card(result, TEST_RULE)
+        assert templates().rules["caxp-high"]["title"] in host["detail"]      # "Also: ..." names the folded card
+        assert [s["label"] for s in host["suggestions"]] == [s["label"] for s in alone["suggestions"]]
+        evidence = next(c for c in result.cards if c.rule_id == TEST_RULE).evidence
+        assert {e["name"] for e in evidence} >= {"calcium", "phosphate", "ca_x_p"}   # the folded card's facts
+
+
+def test_a_rule_declaring_hosts_r03_takes_the_lab_reminder() -> None:
+    case = tp05()   # only R03 (mineral labs due) fires
+    reminder = card(run(case["patient"], case["resources"]), "mineral-labs-due")
+    with registered():
+        assert {r for r, _i in outcome(run(case["patient"], case["resources"]))} == {TEST_RULE, "mineral-labs-due"}
+    with registered(hosts_r03=True):
+        assert r03_hosts()[-1] == TEST_RULE
+        result = run(case["patient"], case["resources"])
+        assert [r for r, _i in outcome(result)] == [TEST_RULE]
+        labels = [s["label"] for s in card(result, TEST_RULE)["suggestions"]]
+        assert labels == [s["label"] for s in reminder["suggestions"]]
+
+
+def test_the_declarations_name_registered_patient_view_rules() -> None:
+    for definition in RULES.values():
+        for folded in definition.folds:
+            assert PATIENT_VIEW in RULES[folded].hooks, (definition.rule_id, folded)
+        if definition.folds or definition.hosts_r03 or definition.silent_for_infants:
+            assert PATIENT_VIEW in definition.hooks, definition.rule_id
+    with pytest.raises(ValueError, match="itself"):
+        rule(TEST_RULE, "T01", {PATIENT_VIEW}, fields=(), version="1", folds=(TEST_RULE,))(_phosphate_seen)
+    assert TEST_RULE not in RULES
+    # The hand-kept lists the registry replaced are gone (issue 17: adding a rule touches no list).
+    assert not {"INFANT_SILENT", "FOLDS", "R03_HOSTS"} & set(vars(rules_package))

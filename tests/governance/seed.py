@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds_service.audit import AuditLog
+from cds_service.governance.values import FORMAT
 from tests.audit.factories import make_call, make_card, make_feedback
 
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
@@ -23,7 +24,8 @@ def seed_history(audit: AuditLog, *, calls: int = 60, seed: int = 19) -> list[di
         at = (START - timedelta(days=rng.uniform(0.1, 20)) if index >= calls
               else START + timedelta(days=rng.uniform(0, 20.9)))
         caxp = round(rng.uniform(30, 90), 1)
-        values = {"format": 1, "caxp": caxp, "calcium": round(rng.uniform(8.5, 11.5), 2), "calcium_basis": "measured",
+        values = {"format": FORMAT, "caxp": caxp, "calcium": round(rng.uniform(8.5, 11.5), 2),
+                  "calcium_basis": "measured",
                   "phosphate": round(caxp / 9.5, 2), "pth_multiple": round(rng.uniform(0.5, 12), 2),
                   "cofactors": rng.choice([None, 0, 1, 2, 3]), "warfarin": rng.random() < 0.1,
                   "r07_mineral": caxp > 70}

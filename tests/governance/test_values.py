@@ -18,7 +18,7 @@ from fhir_mappings.extract import extract
 from fhir_mappings.valuesets import default_index
 from tests.audit.conftest import CHAIN_KEY_ENV, Database
 from tests.audit.factories import engine_for, make_call
-from tests.support.fhir_builders import esrd_with_high_caxp, healthy_adult
+from tests.support.fhir_builders import condition, esrd_with_high_caxp, healthy_adult, lab, patient
 
 NOW = datetime.now(UTC)
 
@@ -47,6 +47,21 @@ def test_values_are_recorded_when_nothing_fires() -> None:
     assert float(str(values["caxp"])) < 55
     assert values["cofactors"] is None  # not CKD G5/G5D or transplant: R07 cannot apply
     assert values["r07_mineral"] is False
+
+
+def _esrd_with_ionized_calcium(pid: str, days_ago: float) -> list[dict[str, object]]:
+    """ESRD, no Ca x P pair: the only R07 mineral candidate is a high ionized calcium ``days_ago`` days old."""
+    return [patient(pid), condition(pid, f"{pid}-esrd", "N18.6", display="End stage renal disease"),
+            lab(pid, f"{pid}-ica", "1994-3", 1.6, "mmol/L", days_ago=days_ago)]
+
+
+def test_r07_mineral_is_the_rules_own_check() -> None:
+    # R07 counts a high ionized calcium for 72 hours only (patient_view.current_hypercalcemia); the values used
+    # to keep it for 90 days like a total calcium, so the simulator counted calls the rule never could.
+    assert _values(_esrd_with_ionized_calcium("gv-4", days_ago=1))["r07_mineral"] is True
+    stale = _values(_esrd_with_ionized_calcium("gv-5", days_ago=10))
+    assert stale["calcium_basis"] == "ionized"  # still recorded: R04's what-if reads it
+    assert stale["r07_mineral"] is False
 
 
 def test_assess_returns_the_values_only_on_patient_view() -> None:

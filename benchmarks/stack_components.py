@@ -13,7 +13,7 @@ from collections.abc import Iterable
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("audit log (write, alert-history read)", ("cds_service/audit/",)),
     # issue 18: the typed decode (msgspec, fhir_mappings/wire.py) is the parse of a hook body that fits
-    ("JSON parse of the body (orjson)", ("_parse_utf8 (cds_service/http_json.py",
+    ("JSON decode of the body (msgspec, orjson)", ("_parse_utf8 (cds_service/http_json.py",
                                          "_typed_hook_body (cds_service/http_json.py", "fhir_mappings/wire.py")),
     ("JSON depth check (64 levels)", ("cds_service/json_depth.py",)),
     ("JSON body read (werkzeug stream)", ("read_json_body (cds_service/http_json.py",
@@ -32,12 +32,15 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hook handler glue", ("cds_service/hook_handler.py",)),
     ("request log + metrics", ("logging/", "pythonjsonlogger", "cds_service/metrics.py", "prometheus_client",
                                "cds_service/logging_setup.py")),
+    # The production server's Python side (issue 16: granian's ASGI interface + cds_service/buffered_wsgi.py);
+    # granian's own work is Rust, invisible to py-spy. gunicorn stays for the comparison rows.
+    ("server (buffered_wsgi, granian, gunicorn)", ("cds_service/buffered_wsgi.py", "granian", "asyncio/",
+                                                   "gunicorn/", "selectors.py", "socket.py")),
     ("app glue (api, auth, request hooks)", ("cds_service/",)),
     # What Flask.dispatch_request itself is charged with is the view's return: the parsed body and everything
     # built from it are freed there (reference counts reach zero), ~20,000 JSON values for the typical record.
     ("freeing the parsed body (end of view)", ("Flask.dispatch_request (",)),
     ("Flask + werkzeug (request, response)", ("flask/", "werkzeug/", "flask_cors/")),
-    ("gunicorn (accept, parse, write)", ("gunicorn/", "selectors.py", "socket.py")),
 )
 
 

@@ -21,6 +21,8 @@ from werkzeug.wrappers import Request
 from cds_service.errors import InvalidRequest
 from cds_service.hook_models import FhirAuthorization, parse_hook_request
 from cds_service.http_json import read_hook_body, read_json_body
+from tests.support.bodies import DELETE as _DELETE
+from tests.support.bodies import mutated as _mutated
 
 TOKEN = {"access_token": "secret-token", "token_type": "bearer", "expires_in": 300,
          "scope": "user/Patient.read", "subject": "cds-service4"}
@@ -36,23 +38,12 @@ ORDER_SELECT: dict[str, Any] = {
                 "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": {
                     "resourceType": "MedicationRequest", "id": "m1", "status": "draft"}}]}},
 }
-_DELETE = object()
 _SELECTIONS = ("context.selections is required for order-select: a non-empty array of Type/id references into "
                "draftOrders")
 _DRAFTS = "context.draftOrders is required: a FHIR Bundle of the draft orders"
 _EXPIRES = "fhirAuthorization.expires_in is required and must be an integer (seconds)"
 
 
-def _mutated(base: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    body = copy.deepcopy(base)
-    target = body
-    for key in path[:-1]:
-        target = target[key]
-    if value is _DELETE:
-        del target[path[-1]]
-    else:
-        target[path[-1]] = value
-    return body
 
 
 def _answers(body: Any, hook: str) -> list[tuple[str, list[str]]]:

@@ -6,6 +6,8 @@ import pytest
 
 from cds_service.errors import InvalidRequest
 from cds_service.hook_models import parse_feedback, parse_hook_request
+from tests.support.bodies import DELETE as _DELETE
+from tests.support.bodies import mutated as _mutated
 
 PATIENT_VIEW = {
     "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
@@ -61,19 +63,8 @@ def test_order_sign_needs_no_selections():
     assert parse_hook_request(body, "order-sign").selections == ()
 
 
-def _mutated(base, path, value):
-    body = copy.deepcopy(base)
-    target = body
-    for key in path[:-1]:
-        target = target[key]
-    if value is _DELETE:
-        del target[path[-1]]
-    else:
-        target[path[-1]] = value
-    return body
 
 
-_DELETE = object()
 
 
 @pytest.mark.parametrize(("path", "value", "fragment"), [

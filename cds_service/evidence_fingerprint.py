@@ -38,9 +38,9 @@ def resource_versions(resources: Iterable[Any], wanted: set[str]) -> dict[str, t
     if not wanted:
         return versions
     for resource in resources:
-        if not isinstance(resource, dict | wire.Resource):
+        rtype, rid = wire.identity(resource)  # (None, None) for what is neither a typed resource nor a dict
+        if rtype is None or rid is None:
             continue
-        rtype, rid = wire.identity(resource)
         reference = f"{rtype}/{rid}"
         if reference not in wanted or reference in versions:
             continue

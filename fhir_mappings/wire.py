@@ -324,7 +324,7 @@ def decode_prefetch_value(value: msgspec.Raw) -> PrefetchValue | None:
 def identity(resource: object) -> tuple[str | None, str | None]:
     """(resourceType, id) of a typed resource or a JSON dict; None where absent or not a string."""
     if isinstance(resource, Resource):
-        return type(resource).__name__, resource.id
+        return resource_type(resource), resource.id
     if isinstance(resource, dict):
         rtype, rid = resource.get("resourceType"), resource.get("id")
         return (rtype if isinstance(rtype, str) else None), (rid if isinstance(rid, str) else None)

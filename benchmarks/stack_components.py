@@ -13,8 +13,9 @@ from collections.abc import Iterable
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("audit log (write, alert-history read)", ("cds_service/audit/",)),
     # issue 18: the typed decode (msgspec, fhir_mappings/wire.py) is the parse of a hook body that fits
-    ("JSON decode of the body (msgspec, orjson)", ("_parse_utf8 (cds_service/http_json.py",
-                                         "_typed_hook_body (cds_service/http_json.py", "fhir_mappings/wire.py")),
+    ("JSON decode of the body (msgspec)", ("_decode (cds_service/http_json.py",
+                                           "_prefetch_value (cds_service/http_json.py",
+                                           "_typed_hook_body (cds_service/http_json.py", "fhir_mappings/wire.py")),
     ("JSON depth check (64 levels)", ("cds_service/json_depth.py",)),
     ("JSON body read (werkzeug stream)", ("read_json_body (cds_service/http_json.py",
                                           "read_hook_body (cds_service/http_json.py",

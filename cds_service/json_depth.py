@@ -2,7 +2,7 @@
 
 The edge refuses bodies nested deeper than 64 levels (``http_json.MAX_JSON_DEPTH``). Walking the parsed objects to
 check that cost ~0.85 ms on a typical 260 KB prefetch, as much as parsing it; this module gets the same answer
-from the bytes in ~0.25 ms (BENCHMARKS.md). It relies on the document being valid JSON (orjson has accepted it
+from the bytes in ~0.25 ms (BENCHMARKS.md). It relies on the document being valid JSON (msgspec has accepted it
 first) and UTF-8 (no byte of a multi-byte character is ASCII, so every ``{ } [ ] " \\`` byte is JSON syntax or an
 ASCII character of a string):
 

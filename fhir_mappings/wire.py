@@ -269,22 +269,18 @@ PrefetchValue = Bundle | AnyResource | OperationOutcome
 
 
 class _Envelope(msgspec.Struct, gc=False):
-    """The CDS Hooks envelope fields, as raw JSON (a missing field is an empty Raw)."""
+    """The CDS Hooks envelope fields as plain JSON values (UNSET where absent; a JSON null is None)."""
 
-    hook: msgspec.Raw = msgspec.Raw()
-    hookInstance: msgspec.Raw = msgspec.Raw()  # noqa: N815 (the spec's name)
-    fhirServer: msgspec.Raw = msgspec.Raw()  # noqa: N815
-    fhirAuthorization: msgspec.Raw = msgspec.Raw()  # noqa: N815
-    context: msgspec.Raw = msgspec.Raw()
+    hook: Any = msgspec.UNSET
+    hookInstance: Any = msgspec.UNSET  # noqa: N815 (the spec's name)
+    fhirServer: Any = msgspec.UNSET  # noqa: N815
+    fhirAuthorization: Any = msgspec.UNSET  # noqa: N815
+    context: Any = msgspec.UNSET
 
 
 class HookEnvelope(_Envelope):
-    """A CDS Hooks request body decoded once (issue 18): ``prefetch`` typed FHIR, the rest kept as raw JSON.
-
-    The envelope fields are small and are parsed from their raw bytes by the edge's JSON parser, so their values
-    (and every validation message of ``cds_service.hook_models``) are exactly those of the untyped reading; only
-    the prefetch, nearly all of a body, is decoded straight into the Structs here.
-    """
+    """A CDS Hooks request body decoded in one pass (issue 18): ``prefetch`` typed FHIR, the envelope fields as
+    plain values, which ``cds_service.hook_models`` validates against its declared shape."""
 
     prefetch: dict[str, PrefetchValue | None] | None = None
 

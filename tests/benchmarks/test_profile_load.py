@@ -31,8 +31,8 @@ _API = "call_service (cds_service/api.py:80)"
 
 
 def test_a_sample_is_charged_to_the_innermost_matching_frame() -> None:
-    parse = [_VIEW, _API, "read_json_body (cds_service/http_json.py:69)", "_parse_utf8 (cds_service/http_json.py:47)"]
-    assert classify(parse) == "JSON decode of the body (msgspec, orjson)"
+    parse = [_VIEW, _API, "read_json_body (cds_service/http_json.py:69)", "_decode (cds_service/http_json.py:56)"]
+    assert classify(parse) == "JSON decode of the body (msgspec)"
     history = [_VIEW, _API, "handle_hook_call (cds_service/hook_handler.py:60)",
                "apply_alert_policy (cds_service/alert_policy.py:54)",
                "HotPath.alert_history (cds_service/audit/hotpath.py:353)"]
@@ -46,18 +46,18 @@ def test_a_sample_is_charged_to_the_innermost_matching_frame() -> None:
     assert classify(["BufferedWsgi.__call__ (cds_service/buffered_wsgi.py:120)"]) == \
         "server (buffered_wsgi, granian, gunicorn)"
     assert classify([_VIEW, _API, "decode_envelope (fhir_mappings/wire.py:305)"]) == \
-        "JSON decode of the body (msgspec, orjson)"
+        "JSON decode of the body (msgspec)"
 
 
 def test_component_shares_read_py_spys_raw_format() -> None:
     raw = [
-        f'process 10:"gunicorn";{_VIEW};{_API};_parse_utf8 (cds_service/http_json.py:47) 30\n',
+        f'process 10:"gunicorn";{_VIEW};{_API};_decode (cds_service/http_json.py:56) 30\n',
         f'process 11:"gunicorn";{_VIEW} 10\n',
         "not a sample line\n",
     ]
     shares, total = component_shares(raw)
     assert total == 40
-    assert shares == {"JSON decode of the body (msgspec, orjson)": 30, "freeing the parsed body (end of view)": 10}
+    assert shares == {"JSON decode of the body (msgspec)": 30, "freeing the parsed body (end of view)": 10}
 
 
 @pytest.mark.slow
@@ -77,6 +77,6 @@ def test_profile_load_smoke_prints_both_tables() -> None:
     rows = re.findall(r"^\| (.+?) \| ([\d.]+)% \| ([\d.]+) \|$", out, re.MULTILINE)
     names = {name for name, _share, _ms in rows}
     # The audit log is on (SQLite) and every call parses the body and runs the engine.
-    assert {"audit log (write, alert-history read)", "JSON decode of the body (msgspec, orjson)",
+    assert {"audit log (write, alert-history read)", "JSON decode of the body (msgspec)",
             "engine: FHIR -> facts (extract)"} <= names, out
     assert abs(sum(float(share) for _name, share, _ms in rows) - 100.0) < 1.0

@@ -2,7 +2,7 @@
 
 msgspec checks the declared shape (required fields, types, lengths) and its first error is answered in the
 service's own words: each case below names the exact message and ``expression`` of the OperationOutcome, read
-through both edge readers (the typed msgspec reading and the untyped orjson one), which must agree. What a type
+through both edge readers (the typed msgspec reading and the plain msgspec one), which must agree. What a type
 cannot say (URL policy, id and reference patterns, cds-r-1, whitespace-only text) stays code, and a body with
 several faults is answered about the same fault as before the declaration (the hook first, then hookInstance and
 fhirServer, cds-r-1 before the token's own fields).

@@ -1,4 +1,5 @@
-"""Request bodies parsed with orjson keep every 4xx of the standard-library parser (issue #7)."""
+"""Request bodies parsed by the one edge parser (msgspec, issue 18) keep every 4xx of the standard-library parser
+(issue #7), whatever charset they declare."""
 
 from __future__ import annotations
 
@@ -42,8 +43,8 @@ def test_the_depth_limit_holds_for_a_body_in_another_charset_too() -> None:
     assert "deeper than 64 levels" in str(error)
 
 
-def test_orjsons_own_depth_limit_gets_the_same_message() -> None:
-    error = _error(_nested(5000))  # orjson stops at 1024 levels, before our walk could run
+def test_the_parsers_own_depth_limit_gets_the_same_message() -> None:
+    error = _error(_nested(5000))  # msgspec stops at the recursion limit, before our walk could run
     assert error.status == 400
     assert "deeper than 64 levels" in str(error)
 
@@ -61,7 +62,7 @@ def test_invalid_utf8_and_empty_bodies_keep_their_messages() -> None:
     assert "empty" in str(_error(b""))
 
 
-def test_another_declared_charset_still_goes_through_the_standard_library() -> None:
+def test_another_declared_charset_is_read_by_the_same_parser() -> None:
     body = {"hook": "patient-view", "text": "caf\u00e9"}
     data = json.dumps(body, ensure_ascii=False).encode("latin-1")
     assert read_json_body(_request(data, "application/json; charset=latin-1")) == body
@@ -69,7 +70,19 @@ def test_another_declared_charset_still_goes_through_the_standard_library() -> N
     assert "UTF-8" in str(_error(b"{}", "application/json; charset=no-such-codec"))
 
 
-def test_utf8_spellings_of_the_charset_use_the_fast_parser() -> None:
+def test_utf8_spellings_of_the_charset_are_read_without_transcoding() -> None:
     for charset in ("utf-8", "UTF-8", "utf8"):
         assert read_json_body(_request('{"a": "\u00e9"}'.encode(), f"application/json; charset={charset}")) == {
             "a": "\u00e9"}
+
+
+def test_a_lone_surrogate_from_an_exotic_codec_is_a_400() -> None:
+    assert b"+2AA-".decode("utf-7") == "\ud800"  # UTF-7 can spell a lone surrogate, which UTF-8 cannot hold
+    error = _error(b'{"a": "+2AA-"}', "application/json; charset=utf-7")
+    assert error.status == 400
+    assert "UTF-8" in str(error)
+
+
+def test_a_utf16_body_with_its_byte_order_mark_is_read() -> None:
+    body = {"hook": "patient-view", "text": "caf\u00e9"}
+    assert read_json_body(_request(json.dumps(body).encode("utf-16"), "application/json; charset=utf-16")) == body

@@ -1,12 +1,14 @@
 """Issue 18: a hook body is decoded once, its prefetch straight into typed FHIR, with the answers of the untyped path.
 
-``read_hook_body`` decodes with msgspec into ``fhir_mappings.wire`` Structs; whatever that reading does not take
-goes through the untyped (orjson) reading. These tests hold the two to the same 4xx answers, the same depth limit
-and the same cards, and show that the typical body really takes the typed path.
+``read_hook_body`` decodes with msgspec into ``fhir_mappings.wire`` Structs; a prefetch value that does not fit is
+decoded into plain values by the same parser, and a body that is no JSON gets the answer of the plain decode.
+These tests hold the two readings to the same 4xx answers, the same depth limit and the same cards, and show that
+the typical body really takes the typed path, whatever charset it declares.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import tempfile
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
+import msgspec
 import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import EnvironBuilder
@@ -97,7 +100,10 @@ def test_a_prefetch_that_is_no_object_gets_the_untyped_answer(typical: dict[str,
         assert read_hook_body(_request(body)) == read_json_body(_request(body))
 
 
-def _cards(client: FlaskClient, body: dict[str, Any], charset: str = "utf-8") -> tuple[list[Any], set[str]]:
+def _cards(client: FlaskClient, body: dict[str, Any], charset: str = "utf-8", *,
+           plain: bool = False) -> tuple[list[Any], set[str]]:
+    """The cards of ``body`` and the Python types extraction was given; ``plain`` makes every prefetch value
+    miss the typed shape, so all of them are read as plain JSON values (the per-value fallback)."""
     seen: set[str] = set()
     real = engine_module.extract
 
@@ -105,8 +111,12 @@ def _cards(client: FlaskClient, body: dict[str, Any], charset: str = "utf-8") ->
         seen.update(type(r).__name__ for r in resources)
         return real(patient, resources, *args, **kwargs)
 
+    misfit = msgspec.ValidationError("forced: does not fit")
     body = {**body, "hookInstance": str(uuid.uuid4())}
-    with mock.patch.object(engine_module, "extract", spy):
+    with (mock.patch.object(engine_module, "extract", spy),
+          mock.patch.object(wire, "decode_envelope", side_effect=misfit) if plain else contextlib.nullcontext(),
+          mock.patch.object(wire, "decode_prefetch_value", side_effect=misfit) if plain
+          else contextlib.nullcontext()):
         answer = client.post(SERVICE, data=json.dumps(body).encode(charset),
                              content_type=f"application/json; charset={charset}")
     assert answer.status_code == 200
@@ -118,13 +128,20 @@ def _cards(client: FlaskClient, body: dict[str, Any], charset: str = "utf-8") ->
     return cards, seen
 
 
-def test_typed_and_untyped_bodies_get_the_same_cards(client: FlaskClient, typical: dict[str, Any]) -> None:
+def test_typed_and_plain_readings_get_the_same_cards(client: FlaskClient, typical: dict[str, Any]) -> None:
     typed_cards, typed_types = _cards(client, typical)
-    untyped_cards, untyped_types = _cards(client, typical, "latin-1")  # another charset: the untyped reader
+    plain_cards, plain_types = _cards(client, typical, plain=True)
     assert typed_types == {"Observation", "Condition", "Procedure", "MedicationRequest"}
-    assert untyped_types == {"dict"}
+    assert plain_types == {"dict"}
     assert typed_cards
-    assert typed_cards == untyped_cards
+    assert typed_cards == plain_cards
+
+
+def test_a_body_in_another_charset_takes_the_typed_path_too(client: FlaskClient, typical: dict[str, Any]) -> None:
+    typed_cards, _types = _cards(client, typical)
+    latin_cards, latin_types = _cards(client, typical, "latin-1")
+    assert latin_types == {"Observation", "Condition", "Procedure", "MedicationRequest"}
+    assert latin_cards == typed_cards
 
 
 @pytest.mark.parametrize("data", [b"NaN", b"[Infinity]", b"1e400", b'"\\ud800"', b"{not json", b"\xef\xbb\xbf{}",

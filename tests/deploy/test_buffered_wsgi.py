@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 
 from cds_service.buffered_wsgi import BufferedWSGI, wsgi_environ
 from tests.support.app import make_app
@@ -54,13 +54,13 @@ def _status(sent: list[dict[str, Any]]) -> int:
 
 
 def _json(sent: list[dict[str, Any]]) -> Any:
-    return orjson.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    return msgspec.json.decode(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
 
 
 def test_a_hook_call_in_several_chunks_reaches_the_flask_app_whole(tmp_path: Path) -> None:
     flask_app = make_app(tmp_path)
     app = BufferedWSGI(flask_app, threads=2, max_body_bytes=5 * 1024 * 1024, body_timeout_s=5)
-    body = orjson.dumps(hook_request("patient-view", "bw-1", prefetch=prefetch_for(esrd_with_high_caxp("bw-1"))))
+    body = msgspec.json.encode(hook_request("patient-view", "bw-1", prefetch=prefetch_for(esrd_with_high_caxp("bw-1"))))
     chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)]
     sent = _drive(app, _scope(headers=[(b"content-type", b"application/json"),
                                        (b"content-length", str(len(body)).encode())]), chunks)

@@ -83,6 +83,9 @@ ADVERSARIAL_SMALL = "adversarial: small resources up to the size limit @2"
 ADVERSARIAL = (ADVERSARIAL_PAIRING, ADVERSARIAL_CONDITIONS, ADVERSARIAL_SMALL)
 CPU_TYPICAL = "typical (150 obs), audit off"
 CPU_TYPICAL_SQLITE = "typical (150 obs), audit SQLite"
+CPU_LARGE = "large (5,000 obs), audit SQLite"
+LARGE_2 = "patient-view large (5,000 obs) @2"
+LARGE_2_GUNICORN = "patient-view large (5,000 obs) @2, gunicorn gthread (previous)"
 # Tokens signed per wrk thread and run: enough for this many requests per second (the service's best is far
 # below); running out shows as 401s (replays) in the errors column rather than as a silently wrong number.
 MAX_AUTHENTICATED_RATE = 600
@@ -513,9 +516,14 @@ def targets(by_name: dict[str, Result], cpu: list[CpuFigure]) -> list[str]:
             out.append(f"- {'PASS' if figure.best_ms <= 1.5 else 'MISS'} in-process CPU per typical call "
                        f"<= 1.5 ms: {figure.best_ms:.2f} ms (median batch {figure.median_ms:.2f} ms)")
     small, typical2, large = (get("patient-view small (20 obs) @2"), get("patient-view typical (150 obs) @2"),
-                              get("patient-view large (5,000 obs) @2"))
+                              get(LARGE_2))
     if large:
         out.append(f"- {'PASS' if large.p50_ms < 100 else 'MISS'} large p50 < 100 ms @2: p50 {large.p50_ms:.1f} ms")
+        large_previous = get(LARGE_2_GUNICORN)
+        large_cpu = next((f for f in cpu if f.label == CPU_LARGE), None)
+        if large_previous and large_cpu:
+            out.append(f"  (the same record @2 under gunicorn gthread (previous): p50 {large_previous.p50_ms:.1f} ms; "
+                       f"one large call alone in-process: {large_cpu.best_ms:.1f} ms of CPU)")
     if small and typical2 and large:
         # Service time per request at low concurrency, against the number of observations (20, ~150, 5,000).
         per_obs = (large.p50_ms - small.p50_ms) / (5000 - 20)
@@ -695,8 +703,11 @@ def main(argv: list[str] | None = None) -> int:
                           hook_body("patient-view", small), 2), sqlite_server),
                 (Scenario("patient-view typical (150 obs) @2", "sqlite", PATIENT_VIEW, typical_body, 2),
                  sqlite_server),
-                (Scenario("patient-view large (5,000 obs) @2", "sqlite", PATIENT_VIEW,
-                          hook_body("patient-view", large), 2), sqlite_server),
+                (Scenario(LARGE_2, "sqlite", PATIENT_VIEW, hook_body("patient-view", large), 2), sqlite_server),
+                # The same record and concurrency under the previous server: how much of the large p50 is the
+                # serving model (two requests sharing one worker, BENCHMARKS.md round 5) rather than the code.
+                (Scenario(LARGE_2_GUNICORN, "sqlite-gunicorn", PATIENT_VIEW, hook_body("patient-view", large), 2),
+                 previous),
             ]
         # Issue 16 item 1: records shaped to blow up per-record work (pairing, problem list, resource count).
         plan += [
@@ -735,9 +746,11 @@ def main(argv: list[str] | None = None) -> int:
     cpu: list[CpuFigure] = []
     if not options.smoke:
         calls = 50 if options.quick else 200
-        for label, audit in ((CPU_TYPICAL, False), (CPU_TYPICAL_SQLITE, True)):
+        for label, body, audit, batch in ((CPU_TYPICAL, typical_body, False, calls),
+                                          (CPU_TYPICAL_SQLITE, typical_body, True, calls),
+                                          (CPU_LARGE, hook_body("patient-view", large), True, calls // 10)):
             print(f"... in-process CPU: {label}", file=sys.stderr, flush=True)
-            cpu.append(cpu_per_call(label, PATIENT_VIEW, typical_body, audit=audit, calls=calls, rounds=5,
+            cpu.append(cpu_per_call(label, PATIENT_VIEW, body, audit=audit, calls=batch, rounds=5,
                                     placeholder=PLACEHOLDER_INSTANCE, max_request_bytes=MAX_REQUEST_BYTES))
     floors = [r for r in results if r.scenario.target.startswith("floor") and not r.skipped]
     gunicorn_floor = next((r for r in floors if r.scenario.name == FLOOR_GUNICORN), None)

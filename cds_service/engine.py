@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +22,7 @@ from cds_service.rules.base import ORDER_HOOKS, PATIENT_VIEW, Finding
 from cds_service.rules.states import PatientState, derive_states
 from fhir_mappings import wire
 from fhir_mappings.extract import extract
-from fhir_mappings.facts import DraftOrder, SetAside, Skipped
+from fhir_mappings.facts import DraftOrder, PatientFacts, SetAside, Skipped
 from fhir_mappings.orders import parse_draft_orders
 from fhir_mappings.units import unit_table
 from fhir_mappings.valuesets import default_index
@@ -30,6 +30,9 @@ from fhir_mappings.valuesets import default_index
 log = logging.getLogger(__name__)
 
 HOOKS = frozenset({PATIENT_VIEW}) | ORDER_HOOKS
+# Issue 18 item 2: a resource that did not fit the typed shape is read with the misfit values left out, used, and
+# recorded as such in the call's audit record, naming the fields left out (never their values).
+TOLERANT_READ = "read with values of the wrong type left out"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class Assessment:
     cards: list[AssessedCard]
     rules_evaluated: list[tuple[str, str]]
     skipped: list[dict[str, str]]
+    # Issue 18 item 2: resources read in tolerant mode and used, in the skipped list's shape; the call's audit
+    # record lists them after the skipped ones (``cds_service.hook_handler``).
+    tolerant_reads: list[dict[str, Any]] = field(default_factory=list)
     # Issue 19: the numeric values a patient-view call computed, fired or not (cds_service.governance.values).
     governance_values: dict[str, Any] | None = None
 
@@ -185,12 +191,14 @@ def assess(record: PatientRecord, hook: str, now: datetime, options: EngineOptio
     patient_id = _patient_id(record, "")
     ignored_md = ""
     values: dict[str, Any] | None = None
+    tolerant: list[Skipped] = []
     try:
         index = default_index()
         resources = _as_list(record.resources)
         patient = record.patient if isinstance(record.patient, dict | wire.Patient) else None
         facts = extract(patient, resources, now, index, include_preliminary=options.include_preliminary)
         skipped.extend(facts.skipped)
+        tolerant = tolerant_read_entries(facts)
         orders: tuple[DraftOrder, ...] = ()
         if hook in ORDER_HOOKS:
             drafts = _as_list(record.draft_orders)
@@ -232,7 +240,18 @@ def assess(record: PatientRecord, hook: str, now: datetime, options: EngineOptio
                 except Exception:
                     log.exception("rendering the incomplete card failed")
     return Assessment(cards=cards, rules_evaluated=evaluated, skipped=summarise_skipped(skipped),
-                      governance_values=values)
+                      tolerant_reads=summarise_skipped(tolerant), governance_values=values)
+
+
+def tolerant_read_entries(facts: PatientFacts) -> list[Skipped]:
+    """The audit entries of the resources read in tolerant mode and used (issue 18 item 2), naming the fields
+    left out. A resource the extraction skipped is named by its skip reason already, and was not used."""
+    reads = facts.tolerant_reads()
+    if not reads:
+        return []
+    unused = {(item.resource_type, item.id) for item in facts.skipped}
+    return [Skipped(read.resource_type, read.id, f"{TOLERANT_READ}: {', '.join(read.fields)}")
+            for read in reads if (read.resource_type, read.id) not in unused]
 
 
 def _governance_values(state: PatientState) -> dict[str, Any] | None:

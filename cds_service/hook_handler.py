@@ -69,7 +69,7 @@ def handle_hook_call(runtime: Runtime, service: ServiceDefinition, body: Any,
         patient_record = _patient_record(request, data)
         assessment = assess(patient_record, service.hook, now, options)
         record_rule_failures(s["id"] for s in assessment.skipped if s.get("resource_type") == "rule")
-        skipped, rules_evaluated = assessment.skipped, assessment.rules_evaluated
+        skipped, rules_evaluated = assessment.skipped + assessment.tolerant_reads, assessment.rules_evaluated
         values = assessment.governance_values
         shown, card_records = apply_alert_policy(
             assessment.cards, hook=service.hook, patient_id=request.patient_id, now=now,

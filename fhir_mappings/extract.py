@@ -35,12 +35,13 @@ from fhir_mappings.facts import (
     ServiceRequestFact,
     SetAside,
     Skipped,
+    TolerantRead,
     new_condition_fact,
     new_lab_result,
     new_procedure_fact,
 )
 from fhir_mappings.labs import KIND_ANALYTE, KIND_LABEL  # kind -> units.toml analyte / set-aside name (labs.toml)
-from fhir_mappings.units import canonical_unit, convert, unit_rule
+from fhir_mappings.units import UnitRule, canonical_unit, convert, unit_rule
 from fhir_mappings.valuesets import (
     CONDITION_VALUESETS,
     LAB_VALUESETS,
@@ -87,6 +88,7 @@ _SPECIFIC_BINDERS = frozenset({"med-aluminium-binder", "med-magnesium-binder"})
 _COND_SET = frozenset(CONDITION_VALUESETS)
 _PROC_SET = frozenset(PROCEDURE_VALUESETS)
 _MED_SET = frozenset(MEDICATION_VALUESETS)
+_MED_TEXT_SETS = tuple(_MED_SET)  # the text fallback tries them in the set's own order, as it always has
 
 # Section 2.1: eligible Observation statuses; `preliminary` only when configured.
 OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected"})
@@ -103,6 +105,11 @@ MEDREQ_STATUSES = frozenset({"active", "on-hold"})
 MEDREQ_INTENTS = frozenset({"order", "original-order", "plan", "instance-order"})
 _COMPARATORS = (">", ">=", "<", "<=")
 _UNPARSED = object()
+# (low, high, age-banded) of a result's reference range, canonical unit (§8 C11); and none.
+_RangeAnswer = tuple[float | None, float | None, bool]
+_NO_RANGE: _RangeAnswer = (None, None, False)
+# (analyte, unit rule or None, canonical unit, plausible limits) of a result's kinds and unit (see _unit_reading).
+_UnitReading = tuple[str, UnitRule | None, str, tuple[float, float]]
 
 # Section 2.7 CALCIPHYLAXIS_DX: text match on Condition.code.text / coding.display.
 CALCIPHYLAXIS_TEXT = re.compile(r"calciphylaxis|calcific uremic arteriolopathy", re.IGNORECASE)
@@ -216,6 +223,17 @@ def _month_length(year: int, month: int) -> int:
     return calendar.monthrange(year, month)[1]
 
 
+def plausible_limits(kinds: tuple[str, ...]) -> tuple[float, float]:
+    """The §8 C6 limits every kind of ``kinds`` allows, with float slack; (-inf, inf) when none apply."""
+    low, high = -math.inf, math.inf
+    for kind in kinds:
+        found = PLAUSIBLE.get(kind)
+        if found is not None:
+            low = max(low, found[0] - abs(found[0]) * _PLAUSIBLE_SLACK)
+            high = min(high, found[1] + abs(found[1]) * _PLAUSIBLE_SLACK)
+    return low, high
+
+
 class _Extractor:
     def __init__(
         self, index: CodeIndex, now: datetime, include_preliminary: bool, age: float | None,
@@ -232,7 +250,6 @@ class _Extractor:
         self.set_aside: list[SetAside] = []
         self.medication_history: list[MedicationFact] = []
         self.service_requests: list[ServiceRequestFact] = []
-        self._plausible: dict[tuple[str, ...], tuple[float, float]] = {}
         self.statuses = OBSERVATION_STATUSES | ({"preliminary"} if include_preliminary else set())
         self.skipped: list[Skipped] = []
         self.labs: list[LabResult] = []
@@ -242,7 +259,7 @@ class _Extractor:
         self.medications: list[MedicationFact] = []
         self.report_members: dict[str, set[str]] = {}
         self.medication_resources: dict[str, wire.Medication] = {}
-        self.tolerant: list[str] = []  # Type/id of the resources read in tolerant mode (issue 18)
+        self.tolerant: list[TolerantRead] = []  # the resources read in tolerant mode (issue 18)
         # Per-record memos (issue #7): a panel's results share one timestamp (150 labs of the typical record carry
         # 28 distinct ones) and 100 dialysis sessions one code. Per call, not per process, so nothing one patient
         # sent is kept, and the memo is bounded by the record itself.
@@ -250,7 +267,13 @@ class _Extractor:
         self._last_procedure_concept: object = _UNPARSED  # equal to no concept
         self._last_procedure_answer: tuple[frozenset[str], str, str] = (frozenset(), "", "")
         self._lab_kinds: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._condition_text_sets = [vs_id for vs_id in index.text_patterns if vs_id in _COND_SET]
+        # (kinds, unit code, unit text) -> (analyte, unit rule or None, canonical unit, plausible limits): the 150
+        # labs of the typical record have 11 such keys.
+        self._unit_readings: dict[tuple[tuple[str, ...], str | None, str | None], _UnitReading] = {}
+        # (analyte, code, unit code, unit text) -> the last referenceRange list read and its answer: the labs of
+        # one code repeat one range (132 ranges of the typical record, 9 walks; see _reference_range).
+        self._last_ranges: dict[tuple[str, str, str | None, str | None], tuple[list[Any], _RangeAnswer]] = {}
+        self._condition_text_sets = tuple([vs_id for vs_id in index.text_patterns if vs_id in _COND_SET])
         self._procedure_text_sets = [vs_id for vs_id in index.text_patterns if vs_id in _PROC_SET]
 
     def skip(self, resource: wire.Resource, reason: str) -> None:
@@ -262,29 +285,20 @@ class _Extractor:
             return None
         return when
 
-    def plausible_limits(self, kinds: tuple[str, ...]) -> tuple[float, float]:
-        """The §8 C6 limits every kind of ``kinds`` allows, with float slack; (-inf, inf) when none apply."""
-        limits = self._plausible.get(kinds)
-        if limits is None:
-            low, high = -math.inf, math.inf
-            for kind in kinds:
-                found = PLAUSIBLE.get(kind)
-                if found is not None:
-                    low = max(low, found[0] - abs(found[0]) * _PLAUSIBLE_SLACK)
-                    high = min(high, found[1] + abs(found[1]) * _PLAUSIBLE_SLACK)
-            limits = self._plausible[kinds] = (low, high)
-        return limits
+    def result_problem(
+        self, kinds: tuple[str, ...], analyte: str, normalized: float, when: datetime, limits: tuple[float, float],
+    ) -> tuple[str, str] | None:
+        """Why a result must be set aside (clinician words, audit words without the value), or None (§8 C6).
 
-    def result_problem(self, kinds: tuple[str, ...], normalized: float, when: datetime) -> tuple[str, str] | None:
-        """Why a result must be set aside (clinician words, audit words without the value), or None (§8 C6)."""
+        ``analyte`` is that of ``kinds[0]``; ``limits`` are ``plausible_limits(kinds)`` (memoised by the caller).
+        """
         if when > self.latest:
             return "dated in the future", "dated in the future"
         if when < EARLIEST_DATE:
             return "dated before 1900", "dated before 1900"
-        analyte = KIND_ANALYTE[kinds[0]]
         if not math.isfinite(normalized):
             return "unreadable value (not a finite number)", f"value for {analyte} is not a finite number"
-        low, high = self.plausible_limits(kinds)
+        low, high = limits
         if not low <= normalized <= high:
             shown = next((PLAUSIBLE[k][2] for k in kinds if k in PLAUSIBLE), "")
             return f"implausible value (plausible {shown})", f"implausible value for {analyte}"
@@ -370,53 +384,78 @@ class _Extractor:
         if when is None:
             self.skip(obs, "no usable effective time")
             return
-        analyte = KIND_ANALYTE[kinds[0]]
         unit_code = quantity.code
         unit_text = quantity.unit
-        rule = unit_rule(analyte, unit_code, unit_text)
+        reading = self._unit_readings.get((kinds, unit_code, unit_text))
+        if reading is None:
+            reading = self._unit_reading(kinds, unit_code, unit_text)
+        analyte, rule, unit, limits = reading
         if rule is None:
             self.skip(obs, f"unit {unit_code or unit_text or '(none)'!r} not accepted for {analyte}")
             return
-        comparator = quantity.comparator if quantity.comparator in _COMPARATORS else ""
+        comparator = str(quantity.comparator) if quantity.comparator in _COMPARATORS else ""
         normalized = rule.apply(value)
         original_unit = unit_code or unit_text or ""
-        problem = self.result_problem(kinds, normalized, when)
+        problem = self.result_problem(kinds, analyte, normalized, when, limits)
         if problem is not None:  # §8 C6: a data error is named, never used
-            self.set_aside_result(obs, kinds, value, str(comparator), original_unit, when, problem)
+            self.set_aside_result(obs, kinds, value, comparator, original_unit, when, problem)
             return
-        low, high, banded = self._reference_range(obs.referenceRange, analyte, unit_code, unit_text, misfits)
+        ranges = obs.referenceRange
+        low, high, banded = (self._reference_range(ranges, analyte, code, unit_code, unit_text, misfits) if ranges
+                             else _NO_RANGE)
         specimen = obs.specimen
         spec_ref = specimen.reference if specimen is not None else None
+        if spec_ref is None:
+            spec_ref = ""
         interpretation = obs.interpretation
-        self._add_labs(kinds, analyte, value=value, normalized=normalized,
-                       original_unit=original_unit, when=when, rid=_rid(obs), code=code,
-                       comparator=str(comparator), uncertain=uncertain,
-                       specimen=spec_ref if spec_ref is not None else "", low=low, high=high, status=status,
-                       banded=banded,
-                       interpretation="" if interpretation is None else _interpretation(interpretation))
-
-    def _add_labs(
-        self, kinds: tuple[str, ...], analyte: str, *, value: float, normalized: float, original_unit: str,
-        when: datetime, rid: str, code: str, comparator: str, uncertain: bool, specimen: str, low: float | None,
-        high: float | None, status: str, banded: bool, interpretation: str,
-    ) -> None:
-        """One LabResult per kind; value and unit are those of the first kind's analyte (as always)."""
-        unit = canonical_unit(analyte)
+        interpretation_code = "" if interpretation is None else _interpretation(interpretation)
+        rid = _rid(obs)
+        # One LabResult per kind; value and unit are those of the first kind's analyte (as always).
         for kind in kinds:
             self.labs.append(new_lab_result(
                 KIND_ANALYTE[kind], kind, normalized, unit, value, original_unit, when, "Observation", rid, code,
-                comparator, uncertain, specimen, low, high, status, banded, interpretation,
+                comparator, uncertain, spec_ref, low, high, status, banded, interpretation_code,
             ))
 
+    def _unit_reading(self, kinds: tuple[str, ...], unit_code: str | None, unit_text: str | None) -> _UnitReading:
+        """(analyte, unit rule or None, canonical unit, plausible limits) of a result of ``kinds`` in this unit,
+        memoised per record (issue #7: a record repeats a handful of these for every result)."""
+        analyte = KIND_ANALYTE[kinds[0]]
+        rule = unit_rule(analyte, unit_code, unit_text)
+        # canonical_unit cannot fail once a rule was found: unit_rule finds none for an analyte without a table.
+        reading = (analyte, rule, "" if rule is None else canonical_unit(analyte), plausible_limits(kinds))
+        self._unit_readings[kinds, unit_code, unit_text] = reading
+        return reading
+
     def _reference_range(
-        self, ranges: list[wire.ReferenceRange | None] | None, analyte: str, unit_code: str | None,
+        self, ranges: list[wire.ReferenceRange | None], analyte: str, code: str, unit_code: str | None,
         unit_text: str | None, misfits: wire.Misfits,
-    ) -> tuple[float | None, float | None, bool]:
+    ) -> _RangeAnswer:
+        """``_choose_reference_range``, reusing the answer of the previous result of this code and unit when its
+        ranges are equal (a C-level comparison of the Structs): the labs of one code repeat one range (issue #7).
+
+        The answer depends only on the ranges, the analyte and unit and the patient's age, so equal ranges give
+        equal answers, with one exception kept out of the memo: a zero bound, as -0.0 equals 0.0. A tolerant
+        reading (misfits) always takes the walk, which must see the overflowed bounds.
+        """
+        if misfits:
+            return self._choose_reference_range(ranges, analyte, unit_code, unit_text, misfits)
+        key = (analyte, code, unit_code, unit_text)
+        last = self._last_ranges.get(key)
+        if last is not None and last[0] == ranges:
+            return last[1]
+        answer = self._choose_reference_range(ranges, analyte, unit_code, unit_text, misfits)
+        if answer[0] != 0.0 and answer[1] != 0.0:  # None != 0.0 too
+            self._last_ranges[key] = (ranges, answer)
+        return answer
+
+    def _choose_reference_range(
+        self, ranges: list[wire.ReferenceRange | None], analyte: str, unit_code: str | None,
+        unit_text: str | None, misfits: wire.Misfits,
+    ) -> _RangeAnswer:
         """(low, high, age-banded) of the range to use: the first whose ``age`` band covers the patient, else the
         first plain one (no usable age band, no ``appliesTo``). A band that does not cover the patient, or that
         cannot be judged (unknown age or unit), is never used (§8 C11)."""
-        if not ranges:
-            return None, None, False
         chosen: wire.ReferenceRange | None = None
         chosen_at = 0
         banded = False
@@ -430,7 +469,7 @@ class _Extractor:
             if covers is None and chosen is None and not rng.appliesTo:
                 chosen, chosen_at = rng, at
         if chosen is None:
-            return None, None, False
+            return _NO_RANGE
         if misfits:  # a bound too large for a float: malformed, as before issue 18
             _overflow(misfits, f"$.referenceRange[{chosen_at}].low.value")
             _overflow(misfits, f"$.referenceRange[{chosen_at}].high.value")
@@ -498,9 +537,8 @@ class _Extractor:
         text = " ".join([display] + [d for _s, _c, d in codings])
         if CALCIPHYLAXIS_TEXT.search(text):
             groups.add("cond-calciphylaxis")
-        for vs_id in self._condition_text_sets:  # condition value sets with a text fallback
-            if vs_id not in groups and self.index.text_matches(vs_id, text):
-                groups.add(vs_id)
+        # condition value sets with a text fallback, added in their order (one search when none matches)
+        groups.update(self.index.text_sets_matching(self._condition_text_sets, text))
         if not groups:
             return
         verification = _status_code(cond.verificationStatus)
@@ -554,18 +592,22 @@ class _Extractor:
         # §8.0 procedure dates: start = performedDateTime, else performedPeriod.start; end = performedPeriod.end,
         # else start + 4 h (D); time = end. Session times differ, so they are parsed directly rather than through
         # the per-record memo. A date outside 1900 .. NOW + 24 h is unusable (undated), never fatal.
+        # An absent field skips the call (parse_datetime(None) is None): most sessions have no performedDateTime.
         latest = self.latest
-        start = parse_datetime(proc.performedDateTime)
+        text = proc.performedDateTime
+        start = None if text is None else parse_datetime(text)
         if start is not None and not EARLIEST_DATE <= start <= latest:
             start = None
         end = None
         period = proc.performedPeriod
         if period is not None:
-            if start is None:
-                start = parse_datetime(period.start)
+            text = period.start
+            if start is None and text is not None:
+                start = parse_datetime(text)
                 if start is not None and not EARLIEST_DATE <= start <= latest:
                     start = None
-            end = parse_datetime(period.end)
+            text = period.end
+            end = None if text is None else parse_datetime(text)
             if end is not None and not EARLIEST_DATE <= end <= latest:
                 end = None
         if end is None and start is not None:
@@ -678,7 +720,7 @@ def classify_medication(
         name = index.display_of([c for concept in concepts for c in codings_of(concept)])
     if not classes:
         joined = " | ".join(names)
-        classes = {vs for vs in _MED_SET if joined and index.text_matches(vs, joined)}
+        classes = set(index.text_sets_matching(_MED_TEXT_SETS, joined)) if joined else set()
     if classes & _SPECIFIC_BINDERS:  # §8 C17: the specific binder class always comes with the general one
         classes.add(AL_MG_BINDER)
     return classes, name
@@ -740,7 +782,7 @@ def extract(
         patient_id = _rid(typed_patient)
     facts0 = PatientFacts(now=now, patient_id=patient_id, birth_date=birth, gender=gender or "")
     ex = _Extractor(index, now, include_preliminary, facts0.age_years(), birth)
-    handlers: dict[type[wire.Resource], Callable[[Any, wire.Misfits], None]] = {
+    handlers: dict[type[object], Callable[[Any, wire.Misfits], None]] = {
         wire.Observation: ex.observation,
         wire.Condition: ex.condition,
         wire.Procedure: ex.procedure,
@@ -751,8 +793,13 @@ def extract(
     }
     # First pass: types, Medication resources and DiagnosticReport members (the handlers need them all);
     # the handler of each resource is picked here so the second pass is only the calls.
-    work: list[tuple[Callable[[Any, wire.Misfits], None], wire.Resource, wire.Misfits]] = []
+    work: list[tuple[Callable[[Any, wire.Misfits], None], Any, wire.Misfits]] = []  # Any: a wire.Resource
+    no_misfits = wire.NO_MISFITS
     for item in list(resources):
+        handler = handlers.get(type(item))
+        if handler is not None:  # a Struct from the edge (nearly every item): typed_resource would return it as is
+            work.append((handler, item, no_misfits))
+            continue
         read = typed_resource(item)
         if read is None:
             continue
@@ -761,7 +808,7 @@ def extract(
             continue
         res, misfits = read
         if misfits:
-            ex.tolerant.append(f"{wire.resource_type(res)}/{_rid(res)}")
+            ex.tolerant.append(TolerantRead(wire.resource_type(res), _rid(res), wire.misfit_fields(misfits)))
         handler = handlers.get(type(res))
         if handler is not None:
             work.append((handler, res, misfits))

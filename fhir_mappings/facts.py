@@ -215,6 +215,17 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class TolerantRead:
+    """A resource read in tolerant mode (issue 18): it did not fit the typed shape, the values of the wrong type
+    were left out, and the rest was used. ``fields`` names what was left out (``fhir_mappings.wire.misfit_fields``),
+    never a value."""
+
+    resource_type: str
+    id: str
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SetAside:
     """A result set aside as a data error (§8 C6): implausible value or date. Named on cards, never used.
 
@@ -279,16 +290,16 @@ class PatientFacts:
             memo[kinds] = found
         return list(found)
 
-    def tolerant_reads(self) -> tuple[str, ...]:
-        """``Type/id`` of the resources that did not fit the typed shape and were read in tolerant mode (issue 18,
+    def tolerant_reads(self) -> tuple[TolerantRead, ...]:
+        """The resources that did not fit the typed shape and were read in tolerant mode (issue 18,
         ``fhir_mappings.wire``). Kept beside the fields, like the results memo: it says how the facts were read,
         not what they are, so it takes no part in equality or ``replace``."""
-        found: tuple[str, ...] = self.__dict__.get("_tolerant_reads", ())
+        found: tuple[TolerantRead, ...] = self.__dict__.get("_tolerant_reads", ())
         return found
 
-    def record_tolerant_reads(self, references: tuple[str, ...]) -> None:
+    def record_tolerant_reads(self, reads: tuple[TolerantRead, ...]) -> None:
         """Set what ``tolerant_reads`` answers (``fhir_mappings.extract`` does, once per extraction)."""
-        _set_attribute(self, "_tolerant_reads", references)
+        _set_attribute(self, "_tolerant_reads", reads)
 
     def has_condition(self, *groups: str) -> bool:
         """True when an established active condition belongs to any of ``groups``."""

@@ -107,6 +107,9 @@ class CodeIndex:
     # value set id -> (pattern count, one matcher for all its text patterns); see _text_matcher.
     _text_matchers: dict[str, tuple[int, Callable[[str], bool]]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    # value set ids -> (pattern count of each, one matcher for all their text patterns); see text_sets_matching.
+    _any_text_matchers: dict[tuple[str, ...], tuple[tuple[int, ...], Callable[[str], bool]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
     # (system, code, restriction) -> sorted ids: what the extractors ask per resource (issue #7).
     _within_memo: dict[tuple[object, object, frozenset[str]], tuple[str, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
@@ -150,6 +153,7 @@ class CodeIndex:
         self._memo.clear()
         self._within_memo.clear()
         self._text_matchers.clear()
+        self._any_text_matchers.clear()
 
     def _lookup(self, system: object, code: object) -> frozenset[str]:
         if not isinstance(code, str) or not code.strip():
@@ -184,6 +188,22 @@ class CodeIndex:
         if entry is None or entry[0] != len(patterns):  # built lazily; rebuilt when patterns were added
             entry = self._text_matchers[valueset_id] = (len(patterns), _text_matcher(patterns))
         return entry[1](text)
+
+    def text_sets_matching(self, valueset_ids: tuple[str, ...], text: str) -> list[str]:
+        """The value sets of ``valueset_ids`` one of whose text patterns ``text`` matches, in the order given.
+
+        Equal to ``[vs for vs in valueset_ids if self.text_matches(vs, text)]``. Most texts asked about match none
+        (the typical record's problem list and non-binder drugs), so one search for every pattern of the sets
+        (``_text_matcher``) answers that first; only a text that matches is tried set by set (issue #7).
+        """
+        counts = tuple([len(self.text_patterns.get(vs, ())) for vs in valueset_ids])
+        entry = self._any_text_matchers.get(valueset_ids)
+        if entry is None or entry[0] != counts:  # built lazily; rebuilt when patterns were added
+            patterns = [p for vs in valueset_ids for p in self.text_patterns.get(vs, ())]
+            entry = self._any_text_matchers[valueset_ids] = (counts, _text_matcher(patterns))
+        if not entry[1](text):
+            return []
+        return [vs for vs in valueset_ids if self.text_matches(vs, text)]
 
     def display_of(self, codings: Iterable[tuple[str, str, str]]) -> str:
         """The value-set display of the first of ``codings`` (system, code, display) that has one, else "".

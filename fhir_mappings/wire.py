@@ -397,6 +397,16 @@ def read(shape: type[T], data: object) -> tuple[T, Misfits]:
     raise Unreadable(f"more than {MAX_MISFITS} misfits")
 
 
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def misfit_fields(misfits: Misfits) -> tuple[str, ...]:
+    """The fields tolerant mode left out, as field paths without list positions (``referenceRange[].low.value``),
+    sorted and once each: what an audit entry names (never a value, and a bounded set of texts however many list
+    items a hostile resource holds)."""
+    return tuple(sorted({_INDEX.sub("[]", path).removeprefix("$").removeprefix(".") for path in misfits}))
+
+
 def _without(data: Any, steps: list[str | int]) -> Any:
     """A copy of ``data`` with the value at ``steps`` removed (a key deleted, a list item set to None)."""
     step, rest = steps[0], steps[1:]

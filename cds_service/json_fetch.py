@@ -6,16 +6,18 @@ Why one function: each caller needs the same hardening and it was written four t
 - redirects are never followed (a redirect could carry a bearer token, a code or a key fetch to another host);
 - connect/read timeouts are always set by the caller;
 - network failures raised while reading ``raw`` bypass requests' exception wrapping, so urllib3 and OSError
-  failures are caught here too.
+  failures are caught here too;
+- the body is parsed by the service's one JSON parser (msgspec, as request bodies are; issue 18), which refuses
+  what is not JSON (NaN, Infinity, lone surrogates) rather than reading it.
 The caller decides what a status means; nothing here logs a header, token or body.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
 import requests
 import urllib3
 
@@ -66,7 +68,7 @@ def fetch_json(url: str, *, max_bytes: int, timeout: tuple[float, float], header
     if len(raw) > max_bytes:
         raise JsonFetchFailed("too-large", f"response larger than {max_bytes} bytes")
     try:
-        body = json.loads(raw) if raw else None
-    except ValueError:
+        body = msgspec.json.decode(raw) if raw else None
+    except (msgspec.MsgspecError, RecursionError):  # not JSON; RecursionError: nested past Python's limit
         body = None
     return JsonReply(status, body)

@@ -274,7 +274,7 @@ class _Extractor:
         # one code repeat one range (132 ranges of the typical record, 9 walks; see _reference_range).
         self._last_ranges: dict[tuple[str, str, str | None, str | None], tuple[list[Any], _RangeAnswer]] = {}
         self._condition_text_sets = tuple([vs_id for vs_id in index.text_patterns if vs_id in _COND_SET])
-        self._procedure_text_sets = [vs_id for vs_id in index.text_patterns if vs_id in _PROC_SET]
+        self._procedure_text_sets = tuple([vs_id for vs_id in index.text_patterns if vs_id in _PROC_SET])
 
     def skip(self, resource: wire.Resource, reason: str) -> None:
         self.skipped.append(Skipped(wire.resource_type(resource), _rid(resource), reason))
@@ -623,8 +623,8 @@ class _Extractor:
         display = concept_text(concept, codings)
         if self._procedure_text_sets:
             text = " ".join([display] + [d for _s, _c, d in codings])
-            groups |= {vs_id for vs_id in self._procedure_text_sets
-                       if vs_id not in groups and text.strip() and self.index.text_matches(vs_id, text)}
+            if text.strip():
+                groups.update(self.index.text_sets_matching(self._procedure_text_sets, text))
         first_code = codings[0][1] if codings else ""
         return frozenset(groups), first_code, display or self.index.display_of(codings)
 
@@ -727,11 +727,9 @@ def classify_medication(
 
 
 def typed_resource(resource: object) -> tuple[wire.Resource, wire.Misfits] | Skipped | None:
-    """A resource as the extraction reads it: a typed Struct as it is; a dict of a resource type extraction
-    reads through ``wire.read`` (typed, else tolerant mode); None for a resource type nobody reads; a Skipped
+    """A resource that is not a typed Struct yet, as the extraction reads it: a dict of a resource type extraction
+    reads goes through ``wire.read`` (typed, else tolerant mode); None for a resource type nobody reads; a Skipped
     for what is no resource at all."""
-    if isinstance(resource, wire.Resource):
-        return resource, wire.NO_MISFITS
     if not isinstance(resource, dict):
         return Skipped("unknown", "", "not a JSON object")
     rtype = resource.get("resourceType")
@@ -796,19 +794,18 @@ def extract(
     work: list[tuple[Callable[[Any, wire.Misfits], None], Any, wire.Misfits]] = []  # Any: a wire.Resource
     no_misfits = wire.NO_MISFITS
     for item in list(resources):
-        handler = handlers.get(type(item))
-        if handler is not None:  # a Struct from the edge (nearly every item): typed_resource would return it as is
-            work.append((handler, item, no_misfits))
-            continue
-        read = typed_resource(item)
-        if read is None:
-            continue
-        if isinstance(read, Skipped):
-            ex.skipped.append(read)
-            continue
-        res, misfits = read
-        if misfits:
-            ex.tolerant.append(TolerantRead(wire.resource_type(res), _rid(res), wire.misfit_fields(misfits)))
+        if isinstance(item, wire.Resource):  # a Struct from the edge's decode: nearly every item
+            res, misfits = item, no_misfits
+        else:
+            read = typed_resource(item)
+            if read is None:
+                continue
+            if isinstance(read, Skipped):
+                ex.skipped.append(read)
+                continue
+            res, misfits = read
+            if misfits:
+                ex.tolerant.append(TolerantRead(wire.resource_type(res), _rid(res), wire.misfit_fields(misfits)))
         handler = handlers.get(type(res))
         if handler is not None:
             work.append((handler, res, misfits))

@@ -292,7 +292,7 @@ class HookEnvelopeRawPrefetch(_Envelope):
     prefetch: dict[str, msgspec.Raw] | None = None
 
 
-ENVELOPE_FIELDS: Final = ("hook", "hookInstance", "fhirServer", "fhirAuthorization", "context")
+ENVELOPE_FIELDS: Final = _Envelope.__struct_fields__  # the envelope fields other than the prefetch
 _ENVELOPE_DECODER: Final = msgspec.json.Decoder(HookEnvelope)
 _RAW_PREFETCH_DECODER: Final = msgspec.json.Decoder(HookEnvelopeRawPrefetch)
 _PREFETCH_VALUE_DECODER: Final = msgspec.json.Decoder(PrefetchValue | None)

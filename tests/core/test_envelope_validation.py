@@ -22,6 +22,7 @@ from cds_service.errors import InvalidRequest
 from cds_service.hook_models import FhirAuthorization, parse_hook_request
 from cds_service.http_json import read_hook_body, read_json_body
 from tests.support.bodies import DELETE as _DELETE
+from tests.support.bodies import ORDER_SELECT
 from tests.support.bodies import mutated as _mutated
 
 TOKEN = {"access_token": "secret-token", "token_type": "bearer", "expires_in": 300,
@@ -31,12 +32,6 @@ PATIENT_VIEW: dict[str, Any] = {
     "hook": "patient-view", "fhirAuthorization": TOKEN,
     "context": {"userId": "Practitioner/example", "patientId": "1288992", "encounterId": "89284"},
     "prefetch": {"patient": {"resourceType": "Patient", "id": "1288992"}},
-}
-ORDER_SELECT: dict[str, Any] = {
-    "hook": "order-select", "hookInstance": "3ab0e6d9-1f4c-4c4c-9f1d-0a5e9f1e7c11",
-    "context": {"userId": "PractitionerRole/123", "patientId": "p1", "selections": ["MedicationRequest/m1"],
-                "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": {
-                    "resourceType": "MedicationRequest", "id": "m1", "status": "draft"}}]}},
 }
 _SELECTIONS = ("context.selections is required for order-select: a non-empty array of Type/id references into "
                "draftOrders")

@@ -20,17 +20,12 @@ from cds_service.hook_models import parse_hook_request
 from cds_service.smart.errors import TokenExchangeFailed
 from cds_service.smart.oauth import _app_context_rule, _grant_from
 from cds_service.smart.pkce import code_challenge_s256
+from tests.support.bodies import ORDER_SELECT
 
 BODY: dict[str, Any] = {
     "hook": "patient-view", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
     "context": {"userId": "Practitioner/example", "patientId": "p1", "encounterId": "e1"},
     "prefetch": {"patient": {"resourceType": "Patient", "id": "p1"}},
-}
-ORDER_SELECT: dict[str, Any] = {
-    "hook": "order-select", "hookInstance": "3ab0e6d9-1f4c-4c4c-9f1d-0a5e9f1e7c11",
-    "context": {"userId": "PractitionerRole/123", "patientId": "p1", "selections": ["MedicationRequest/m1"],
-                "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": {
-                    "resourceType": "MedicationRequest", "id": "m1", "status": "draft"}}]}},
 }
 TRAILING = ["\n", "\r\n", "\r", "\x00", " "]
 

@@ -1,10 +1,18 @@
-"""Hook request bodies with one field changed, for the envelope validation tests."""
+"""Hook request bodies for the envelope validation tests: a valid order-select call, and bodies with one field
+changed."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+# A valid order-select call: one draft MedicationRequest, selected.
+ORDER_SELECT: dict[str, Any] = {
+    "hook": "order-select", "hookInstance": "3ab0e6d9-1f4c-4c4c-9f1d-0a5e9f1e7c11",
+    "context": {"userId": "PractitionerRole/123", "patientId": "p1", "selections": ["MedicationRequest/m1"],
+                "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": {
+                    "resourceType": "MedicationRequest", "id": "m1", "status": "draft"}}]}},
+}
 DELETE = object()  # as ``value`` of ``mutated``: remove the field instead of setting it
 
 
